@@ -1,0 +1,4 @@
+//! The Stripe webhook intake function.
+
+pub mod config;
+pub mod handler;

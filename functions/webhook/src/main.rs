@@ -1,0 +1,45 @@
+//! Wiring only: telemetry, configuration, clients built once, then the runtime loop.
+
+use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
+use shared::config::ProcessEnv;
+use shared::queue::SqsEventQueue;
+use shared::stripe::WebhookVerifier;
+use shared::stripe::signature::DEFAULT_TOLERANCE_SECS;
+use webhook::config::WebhookConfig;
+use webhook::handler::WebhookHandler;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let config = WebhookConfig::from_env(&ProcessEnv)?;
+    let aws = shared::aws::sdk_config().await;
+    let secrets = shared::secrets::load_stripe_secrets(
+        &aws_sdk_secretsmanager::Client::new(&aws),
+        &config.stripe_secret_id,
+    )
+    .await?;
+    let handler = WebhookHandler::new(
+        WebhookVerifier::new(&secrets.webhook_secrets, DEFAULT_TOLERANCE_SECS),
+        SqsEventQueue::new(
+            aws_sdk_sqs::Client::new(&aws),
+            config.events_queue_url,
+            config.max_message_bytes,
+        ),
+        config.livemode,
+    );
+    let handler = &handler;
+
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
+            Ok::<ApiGatewayV2httpResponse, Error>(handler.handle(&event.payload, unix_now()).await)
+        },
+    ))
+    .await
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

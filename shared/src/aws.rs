@@ -1,0 +1,23 @@
+//! AWS SDK configuration, built once per cold start.
+//!
+//! `aws-config` honours the standard variables, `AWS_ENDPOINT_URL` included, so the same binary
+//! talks to AWS in the cloud and to the local AWS endpoint on a developer's machine.
+
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
+
+/// Loads the shared SDK configuration with timeouts that fit inside a Lambda invocation:
+/// a call that cannot complete fails fast enough for the function to answer (and for Stripe to retry).
+pub async fn sdk_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(1))
+                .operation_attempt_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(6))
+                .build(),
+        )
+        .load()
+        .await
+}

@@ -1,0 +1,154 @@
+//! Identifiers that can only be built through `parse`, so an invalid one never travels further.
+//!
+//! The limits come from where the ids end up: SQS `MessageGroupId` and `MessageDeduplicationId`
+//! take at most 128 characters, and Stripe ids are ASCII letters, digits and underscores.
+
+use std::fmt;
+
+/// Longest id accepted anywhere (SQS FIFO group and deduplication ids allow 128 characters).
+pub const MAX_ID_LEN: usize = 128;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    #[error("{kind} is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} is {len} characters long; at most {max} are allowed", max = MAX_ID_LEN)]
+    TooLong { kind: &'static str, len: usize },
+    #[error("{kind} must start with `{prefix}`")]
+    WrongPrefix {
+        kind: &'static str,
+        prefix: &'static str,
+    },
+    #[error("{kind} may contain only ASCII letters, digits and underscores")]
+    InvalidCharacter { kind: &'static str },
+}
+
+fn check(kind: &'static str, prefix: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if value.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong {
+            kind,
+            len: value.len(),
+        });
+    }
+    if !value.starts_with(prefix) || value.len() == prefix.len() {
+        return Err(IdError::WrongPrefix { kind, prefix });
+    }
+    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+        return Err(IdError::InvalidCharacter { kind });
+    }
+    Ok(())
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $prefix:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: &str) -> Result<Self, IdError> {
+                check($kind, $prefix, value)?;
+                Ok(Self(value.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(value: &str) -> Result<Self, IdError> {
+                Self::parse(value)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A Stripe event id (`evt_...`).
+    StripeEventId,
+    "event id",
+    "evt_"
+);
+
+id_type!(
+    /// Any Stripe object id (`cus_...`, `sub_...`, `in_...`): the prefix names the object type.
+    StripeObjectId,
+    "object id",
+    ""
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn accepts_stripe_shaped_ids() {
+        assert_eq!(
+            StripeEventId::parse("evt_1NG8Du2eZvKYlo2CUI79vXWy")
+                .unwrap()
+                .as_str(),
+            "evt_1NG8Du2eZvKYlo2CUI79vXWy"
+        );
+        assert!(StripeObjectId::parse("cus_NffrFeUfNV2Hib").is_ok());
+        assert!(StripeObjectId::parse("cs_test_a1b2c3").is_ok());
+    }
+
+    #[test]
+    fn rejects_bad_ids_with_a_reason() {
+        assert_eq!(
+            StripeEventId::parse(""),
+            Err(IdError::Empty { kind: "event id" })
+        );
+        assert_eq!(
+            StripeEventId::parse("evt_"),
+            Err(IdError::WrongPrefix {
+                kind: "event id",
+                prefix: "evt_"
+            })
+        );
+        assert_eq!(
+            StripeEventId::parse("cus_123"),
+            Err(IdError::WrongPrefix {
+                kind: "event id",
+                prefix: "evt_"
+            })
+        );
+        assert_eq!(
+            StripeEventId::parse("evt_1 OR 1=1"),
+            Err(IdError::InvalidCharacter { kind: "event id" })
+        );
+        let long = format!("evt_{}", "a".repeat(MAX_ID_LEN));
+        assert!(matches!(
+            StripeEventId::parse(&long),
+            Err(IdError::TooLong { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn a_parsed_id_is_always_safe_for_sqs(s in ".{0,200}") {
+            if let Ok(id) = StripeObjectId::parse(&s) {
+                prop_assert!(!id.as_str().is_empty() && id.as_str().len() <= MAX_ID_LEN);
+                prop_assert!(id.as_str().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+            }
+        }
+    }
+}

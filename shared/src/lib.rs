@@ -1,0 +1,14 @@
+//! The library every function stands on.
+//!
+//! - [`ids`]: identifiers that can only exist in a valid form.
+//! - [`stripe`]: webhook signature verification and the lean event envelope (pure, no I/O).
+//! - [`queue`]: the event queue port and its SQS / in-memory adapters.
+//! - [`config`], [`secrets`], [`aws`], [`telemetry`]: what a function does once, at cold start.
+
+pub mod aws;
+pub mod config;
+pub mod ids;
+pub mod queue;
+pub mod secrets;
+pub mod stripe;
+pub mod telemetry;
