@@ -148,3 +148,27 @@ async fn responses_are_small_json() {
     let Some(Body::Text(text)) = &r.body else { panic!() };
     assert!(text.len() < 200, "{text}");
 }
+
+mod no_panic {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// Whatever API Gateway hands over, the handler answers with a status, never a panic.
+        #[test]
+        fn any_request_gets_an_answer(
+            body in proptest::option::of(".{0,400}"),
+            b64 in any::<bool>(),
+            sig in proptest::option::of("[ -~]{0,120}"),
+            now in any::<i64>(),
+        ) {
+            let mut req = request(body.as_deref().unwrap_or_default(), sig);
+            req.body = body;
+            req.is_base64_encoded = b64;
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let status = rt.block_on(handler().handle(&req, now)).status_code;
+            prop_assert!([200, 400, 413].contains(&status), "{}", status);
+        }
+    }
+}
