@@ -1,0 +1,155 @@
+"""Creates the template's queues, tables and secrets on the local AWS endpoint.
+
+Every property of every resource is either applied or refused: a property this file does not know
+stops provisioning with its name, so a change to template.yaml cannot silently go missing locally.
+"""
+
+from __future__ import annotations
+
+import json
+
+import boto3
+
+from template import REGION, Template
+
+# CloudFormation property -> SQS attribute, for the properties that map one to one.
+SQS_ATTRIBUTES = {
+    "FifoQueue": "FifoQueue",
+    "ContentBasedDeduplication": "ContentBasedDeduplication",
+    "DeduplicationScope": "DeduplicationScope",
+    "FifoThroughputLimit": "FifoThroughputLimit",
+    "MaximumMessageSize": "MaximumMessageSize",
+    "MessageRetentionPeriod": "MessageRetentionPeriod",
+    "VisibilityTimeout": "VisibilityTimeout",
+    "DelaySeconds": "DelaySeconds",
+    "ReceiveMessageWaitTimeSeconds": "ReceiveMessageWaitTimeSeconds",
+    "SqsManagedSseEnabled": "SqsManagedSseEnabled",
+    "KmsMasterKeyId": "KmsMasterKeyId",
+}
+SQS_SPECIAL = {"QueueName", "RedrivePolicy", "RedriveAllowPolicy", "Tags"}
+
+TABLE_PROPERTIES = {
+    "TableName",
+    "BillingMode",
+    "AttributeDefinitions",
+    "KeySchema",
+    "GlobalSecondaryIndexes",
+    "StreamSpecification",
+    "SSESpecification",
+    "PointInTimeRecoverySpecification",
+    "TimeToLiveSpecification",
+    "DeletionProtectionEnabled",
+    "Tags",
+}
+
+SECRET_PROPERTIES = {"Name", "Description", "SecretString"}
+
+
+class UnknownProperty(Exception):
+    pass
+
+
+def attr_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def client(service: str, endpoint: str):
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def queue_attributes(tpl: Template, logical_id: str) -> dict[str, str]:
+    props = tpl.resolve(tpl.resources[logical_id].get("Properties", {}))
+    attrs = {}
+    for key, value in props.items():
+        if key in SQS_ATTRIBUTES:
+            attrs[SQS_ATTRIBUTES[key]] = attr_value(value)
+        elif key in ("RedrivePolicy", "RedriveAllowPolicy"):
+            attrs[key] = json.dumps(value)
+        elif key not in SQS_SPECIAL:
+            raise UnknownProperty(f"{logical_id}: SQS property {key} is not applied locally")
+    return attrs
+
+
+def create_queues(tpl: Template, endpoint: str) -> dict[str, str]:
+    sqs = client("sqs", endpoint)
+    urls = {}
+    queues = tpl.of_type("AWS::SQS::Queue")
+    # Dead-letter targets must exist before a redrive policy names them: create plain queues first.
+    for logical_id in queues:
+        attrs = queue_attributes(tpl, logical_id)
+        plain = {k: v for k, v in attrs.items() if k not in ("RedrivePolicy", "RedriveAllowPolicy")}
+        urls[logical_id] = sqs.create_queue(QueueName=tpl.queue_name(logical_id), Attributes=plain)["QueueUrl"]
+    for logical_id in queues:
+        attrs = queue_attributes(tpl, logical_id)
+        redrive = {k: v for k, v in attrs.items() if k in ("RedrivePolicy", "RedriveAllowPolicy")}
+        if redrive:
+            sqs.set_queue_attributes(QueueUrl=urls[logical_id], Attributes=redrive)
+    return urls
+
+
+def create_tables(tpl: Template, endpoint: str) -> list[str]:
+    ddb = client("dynamodb", endpoint)
+    names = []
+    for logical_id, res in tpl.of_type("AWS::DynamoDB::Table").items():
+        props = tpl.resolve(res.get("Properties", {}))
+        unknown = set(props) - TABLE_PROPERTIES
+        if unknown:
+            raise UnknownProperty(f"{logical_id}: DynamoDB properties {sorted(unknown)} are not applied locally")
+        name = props["TableName"]
+        args = {
+            "TableName": name,
+            "AttributeDefinitions": props["AttributeDefinitions"],
+            "KeySchema": props["KeySchema"],
+            "BillingMode": props.get("BillingMode", "PROVISIONED"),
+        }
+        if "GlobalSecondaryIndexes" in props:
+            args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+        if "StreamSpecification" in props:
+            args["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+        if "SSESpecification" in props:
+            args["SSESpecification"] = {"Enabled": props["SSESpecification"]["SSEEnabled"]}
+        if "DeletionProtectionEnabled" in props:
+            args["DeletionProtectionEnabled"] = props["DeletionProtectionEnabled"]
+        ddb.create_table(**args)
+        ttl = props.get("TimeToLiveSpecification")
+        if ttl:
+            ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
+        pitr = props.get("PointInTimeRecoverySpecification")
+        if pitr:
+            ddb.update_continuous_backups(
+                TableName=name, PointInTimeRecoverySpecification=pitr
+            )
+        names.append(name)
+    return names
+
+
+def create_secrets(tpl: Template, endpoint: str, values: dict[str, str]) -> dict[str, str]:
+    """Creates each secret; `values` (by logical id) replaces the template's placeholder value."""
+    sm = client("secretsmanager", endpoint)
+    arns = {}
+    for logical_id, res in tpl.of_type("AWS::SecretsManager::Secret").items():
+        props = tpl.resolve(res.get("Properties", {}))
+        unknown = set(props) - SECRET_PROPERTIES
+        if unknown:
+            raise UnknownProperty(f"{logical_id}: secret properties {sorted(unknown)} are not applied locally")
+        out = sm.create_secret(
+            Name=props["Name"],
+            Description=props.get("Description", ""),
+            SecretString=values.get(logical_id, props.get("SecretString", "")),
+        )
+        arns[logical_id] = out["ARN"]
+    return arns
+
+
+def provision(tpl: Template, endpoint: str, secret_values: dict[str, str]) -> None:
+    create_queues(tpl, endpoint)
+    create_tables(tpl, endpoint)
+    create_secrets(tpl, endpoint, secret_values)

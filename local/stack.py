@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""The local stack: AWS APIs (moto), every function behind the Lambda Runtime API, the HTTP API
+and the Lambda Invoke API, wired from template.yaml. No AWS account, no Docker.
+
+    stack.py up      start in the background; return once every function has finished init
+    stack.py down    stop what `up` started
+    stack.py serve   run in the foreground (what `up` runs)
+
+Ports and the signing secret come from LOCAL_AWS_PORT (4566), LOCAL_HTTP_PORT (3000),
+LOCAL_LAMBDA_PORT (3001) and STRIPE_WEBHOOK_SECRET (whsec_local, comma-separated for several).
+LOCAL_STATE_DIR (.local) holds env files, logs and the pid; LOCAL_BIN_DIR (target/release) the binaries.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from provision import provision  # noqa: E402
+from runtime import FunctionWorker, InvocationError, lambda_environment  # noqa: E402
+from template import ACCOUNT_ID, ROOT, Route, Template, load  # noqa: E402
+
+# Lambda refuses synchronous payloads over 6 MB; API Gateway then answers 413.
+MAX_INVOKE_PAYLOAD = 6 * 1024 * 1024
+TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www-form-urlencoded", "application/javascript")
+
+
+class Settings:
+    def __init__(self, env=os.environ):
+        self.aws_port = int(env.get("LOCAL_AWS_PORT", "4566"))
+        self.http_port = int(env.get("LOCAL_HTTP_PORT", "3000"))
+        self.lambda_port = int(env.get("LOCAL_LAMBDA_PORT", "3001"))
+        self.stripe_port = int(env.get("LOCAL_STRIPE_PORT", "12111"))
+        self.webhook_secrets = [s.strip() for s in env.get("STRIPE_WEBHOOK_SECRET", "whsec_local").split(",") if s.strip()]
+        self.state = Path(env.get("LOCAL_STATE_DIR", ROOT / ".local"))
+        self.bin_dir = Path(env.get("LOCAL_BIN_DIR", ROOT / "target" / "release"))
+        self.venv_bin = Path(sys.executable).parent
+
+    @property
+    def aws_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.aws_port}"
+
+
+def log(msg: str) -> None:
+    print(f"[stack] {msg}", file=sys.stderr, flush=True)
+
+
+# --- AWS APIs ------------------------------------------------------------------------------------
+
+
+def start_moto(settings: Settings) -> subprocess.Popen:
+    logf = open(settings.state / "logs" / "aws.log", "ab")
+    proc = subprocess.Popen(
+        [str(settings.venv_bin / "moto_server"), "-H", "127.0.0.1", "-p", str(settings.aws_port)],
+        stdout=logf,
+        stderr=logf,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the AWS endpoint exited at start (port {settings.aws_port} taken?); see {logf.name}")
+        try:
+            urllib.request.urlopen(f"{settings.aws_endpoint}/moto-api/data.json", timeout=1).read()
+            return proc
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("the AWS endpoint did not start within 30 s")
+
+
+# --- API Gateway HTTP API (payload format 2.0) ---------------------------------------------------
+
+
+def api_gateway_event(route: Route, params: dict, method: str, url: str, headers, body: bytes, client_ip: str) -> dict:
+    parsed = urllib.parse.urlsplit(url)
+    lowered: dict[str, str] = {}
+    for k, v in headers.items():
+        k = k.lower()
+        lowered[k] = f"{lowered[k]},{v}" if k in lowered else v
+    content_type = lowered.get("content-type", "")
+    text = content_type.startswith(TEXT_TYPES) or not content_type
+    try:
+        body_text, encoded = (body.decode("utf-8"), False) if text else (base64.b64encode(body).decode(), True)
+    except UnicodeDecodeError:
+        body_text, encoded = base64.b64encode(body).decode(), True
+    now = datetime.now(timezone.utc)
+    query = urllib.parse.parse_qs(parsed.query, keep_blank_values=True)
+    event = {
+        "version": "2.0",
+        "routeKey": f"{route.method} {route.path}",
+        "rawPath": parsed.path,
+        "rawQueryString": parsed.query,
+        "headers": lowered,
+        "requestContext": {
+            "accountId": ACCOUNT_ID,
+            "apiId": "local",
+            "domainName": lowered.get("host", "127.0.0.1"),
+            "domainPrefix": "local",
+            "http": {
+                "method": method,
+                "path": parsed.path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": client_ip,
+                "userAgent": lowered.get("user-agent", ""),
+            },
+            "requestId": uuid.uuid4().hex,
+            "routeKey": f"{route.method} {route.path}",
+            "stage": "$default",
+            "time": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "timeEpoch": int(now.timestamp() * 1000),
+        },
+        "isBase64Encoded": encoded,
+    }
+    if query:
+        event["queryStringParameters"] = {k: ",".join(v) for k, v in query.items()}
+    if params:
+        event["pathParameters"] = params
+    if body:
+        event["body"] = body_text
+    return event
+
+
+def http_response(result: bytes) -> tuple[int, dict[str, str], bytes]:
+    """API Gateway's reading of a v2 function result."""
+    try:
+        out = json.loads(result)
+    except ValueError:
+        return 502, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}'
+    if not (isinstance(out, dict) and "statusCode" in out):
+        # The simple format: any JSON becomes a 200 with that JSON as the body.
+        return 200, {"content-type": "application/json"}, result
+    body = out.get("body") or ""
+    raw = base64.b64decode(body) if out.get("isBase64Encoded") else body.encode()
+    headers = {k.lower(): str(v) for k, v in (out.get("headers") or {}).items()}
+    return int(out["statusCode"]), headers, raw
+
+
+class Stack:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.template = Template(load(), settings.aws_endpoint)
+        self.functions = {f.logical_id: f for f in self.template.functions()}
+        self.routes = [r for f in self.functions.values() for r in f.routes]
+        self.workers: dict[str, FunctionWorker] = {}
+        self.servers: list[ThreadingHTTPServer] = []
+        self.moto: subprocess.Popen | None = None
+
+    def function_env(self, logical_id: str) -> dict[str, str]:
+        return lambda_environment(self.functions[logical_id], self.settings.aws_endpoint)
+
+    def start(self) -> None:
+        s = self.settings
+        for sub in ("logs", "functions"):
+            (s.state / sub).mkdir(parents=True, exist_ok=True)
+        log(f"AWS APIs on {s.aws_endpoint}")
+        self.moto = start_moto(s)
+        stripe_secret = json.dumps({"api_key": "sk_test_local", "webhook_secrets": s.webhook_secrets})
+        provision(self.template, s.aws_endpoint, {"StripeSecret": stripe_secret})
+
+        for logical_id, fn in self.functions.items():
+            env = self.function_env(logical_id)
+            (s.state / "functions" / f"{logical_id}.env").write_text(
+                "".join(f"{k}={shell_quote(v)}\n" for k, v in sorted(env.items()) if k != "PATH")
+            )
+            worker = FunctionWorker(fn, s.bin_dir / fn.binary, env, s.state / "logs" / f"{logical_id}.log")
+            worker.start()
+            self.workers[logical_id] = worker
+            log(f"{logical_id} ready ({s.bin_dir / fn.binary})")
+
+        self.servers.append(serve(s.http_port, self.http_api_handler()))
+        log(f"HTTP API on http://127.0.0.1:{s.http_port} ({', '.join(f'{r.method} {r.path}' for r in self.routes)})")
+        self.servers.append(serve(s.lambda_port, self.invoke_api_handler()))
+        log(f"Lambda Invoke API on http://127.0.0.1:{s.lambda_port} ({', '.join(self.functions)})")
+
+        queues = {lid: self.template.queue_url(lid) for lid in self.template.of_type("AWS::SQS::Queue")}
+        tables = {lid: self.template.table_name(lid) for lid in self.template.of_type("AWS::DynamoDB::Table")}
+        env_lines = {
+            "AWS_ENDPOINT_URL": s.aws_endpoint,
+            "AWS_REGION": "us-east-1",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "LOCAL_AWS_ENDPOINT": s.aws_endpoint,
+            "LOCAL_HTTP_ENDPOINT": f"http://127.0.0.1:{s.http_port}",
+            "LOCAL_LAMBDA_ENDPOINT": f"http://127.0.0.1:{s.lambda_port}",
+            "WEBHOOK_URL": f"http://127.0.0.1:{s.http_port}/webhooks/stripe",
+            "STRIPE_WEBHOOK_SECRET": ",".join(s.webhook_secrets),
+            **{f"QUEUE_URL_{to_env(k)}": v for k, v in queues.items()},
+            **{f"TABLE_NAME_{to_env(k)}": v for k, v in tables.items()},
+            "LOCAL_STACK_PID": str(os.getpid()),
+        }
+        # Written last: its presence (with this pid) is what `up` waits for.
+        tmp = s.state / "env.tmp"
+        tmp.write_text("".join(f"{k}={shell_quote(v)}\n" for k, v in env_lines.items()))
+        tmp.replace(s.state / "env")
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+        for worker in self.workers.values():
+            worker.stop()
+        if self.moto and self.moto.poll() is None:
+            self.moto.terminate()
+            self.moto.wait(timeout=5)
+        (self.settings.state / "env").unlink(missing_ok=True)
+
+    # --- handlers ---------------------------------------------------------------------------
+
+    def http_api_handler(self):
+        stack = self
+
+        class HttpApi(_Handler):
+            def handle_any(self) -> None:
+                path = urllib.parse.urlsplit(self.path).path
+                for route in stack.routes:
+                    params = route.match(self.command, path)
+                    if params is not None:
+                        break
+                else:
+                    return self.reply(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
+                body = self.read_body(limit=MAX_INVOKE_PAYLOAD)
+                if body is None:
+                    return self.reply(413, {"content-type": "application/json"}, b'{"message":"Request Entity Too Large"}')
+                event = api_gateway_event(route, params, self.command, self.path, self.headers, body, self.client_address[0])
+                try:
+                    result = stack.workers[route.function].invoke(json.dumps(event).encode())
+                except InvocationError as e:
+                    log(f"{route.function} failed: {e.error_type}: {e.message}")
+                    return self.reply(500, {"content-type": "application/json"}, b'{"message":"Internal Server Error"}')
+                self.reply(*http_response(result))
+
+        return HttpApi
+
+    def invoke_api_handler(self):
+        stack = self
+
+        class InvokeApi(_Handler):
+            def handle_any(self) -> None:
+                parts = urllib.parse.urlsplit(self.path).path.strip("/").split("/")
+                if self.command != "POST" or len(parts) != 4 or parts[:2] != ["2015-03-31", "functions"] or parts[3] != "invocations":
+                    return self.reply(404, {"content-type": "application/json"}, b'{"message":"Not Found"}')
+                name = urllib.parse.unquote(parts[2]).split(":")[-1]
+                worker = stack.workers.get(name)
+                if worker is None:
+                    body = json.dumps({"Type": "User", "message": f"Function not found: {name}"}).encode()
+                    return self.reply(404, {"content-type": "application/json", "x-amzn-errortype": "ResourceNotFoundException"}, body)
+                payload = self.read_body(limit=MAX_INVOKE_PAYLOAD)
+                if payload is None:
+                    return self.reply(413, {"content-type": "application/json", "x-amzn-errortype": "RequestTooLargeException"}, b'{"message":"Request must be smaller than 6291456 bytes"}')
+                payload = payload or b"{}"
+                if self.headers.get("X-Amz-Invocation-Type") == "Event":
+                    threading.Thread(target=self._invoke_quietly, args=(worker, payload), daemon=True).start()
+                    return self.reply(202, {}, b"")
+                try:
+                    result = worker.invoke(payload)
+                    self.reply(200, {"content-type": "application/json", "x-amz-executed-version": "$LATEST"}, result)
+                except InvocationError as e:
+                    self.reply(
+                        200,
+                        {"content-type": "application/json", "x-amz-function-error": "Unhandled", "x-amz-executed-version": "$LATEST"},
+                        e.payload(),
+                    )
+
+            @staticmethod
+            def _invoke_quietly(worker: FunctionWorker, payload: bytes) -> None:
+                try:
+                    worker.invoke(payload)
+                except InvocationError as e:
+                    log(f"{worker.fn.logical_id} (async) failed: {e.error_type}: {e.message}")
+
+        return InvokeApi
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def read_body(self, limit: int) -> bytes | None:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > limit:
+            self.close_connection = True
+            return None
+        return self.rfile.read(length) if length else b""
+
+    def reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        self.send_response(status)
+        for k, v in headers.items():
+            if k not in ("content-length", "connection", "transfer-encoding"):
+                self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = lambda self: self.handle_any()  # noqa: E731
+
+
+def serve(port: int, handler) -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def to_env(logical_id: str) -> str:
+    out = ""
+    for i, c in enumerate(logical_id):
+        if c.isupper() and i and not logical_id[i - 1].isupper():
+            out += "_"
+        out += c.upper()
+    return out
+
+
+def shell_quote(value: str) -> str:
+    if value and all(c.isalnum() or c in "-_./:,=@+" for c in value):
+        return value
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+# --- commands --------------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings) -> None:
+    stack = Stack(settings)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    try:
+        stack.start()
+        log("ready")
+        stopping.wait()
+    finally:
+        log("stopping")
+        stack.stop()
+
+
+def read_pid(settings: Settings) -> int | None:
+    try:
+        pid = int((settings.state / "stack.pid").read_text())
+        os.kill(pid, 0)
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+
+
+def cmd_up(settings: Settings) -> None:
+    if read_pid(settings):
+        print(f"the local stack is already running; endpoints in {settings.state / 'env'}")
+        return
+    (settings.state / "logs").mkdir(parents=True, exist_ok=True)
+    (settings.state / "env").unlink(missing_ok=True)
+    stack_log = open(settings.state / "logs" / "stack.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "serve"],
+        stdout=stack_log,
+        stderr=stack_log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,  # survives the shell that ran `make up`
+    )
+    (settings.state / "stack.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + 120
+    env_file = settings.state / "env"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            (settings.state / "stack.pid").unlink(missing_ok=True)
+            print((settings.state / "logs" / "stack.log").read_text()[-4000:], file=sys.stderr)
+            raise SystemExit("the local stack failed to start (log above)")
+        if env_file.exists() and f"LOCAL_STACK_PID={proc.pid}\n" in env_file.read_text():
+            print(f"local stack up; endpoints in {env_file}:")
+            print(env_file.read_text(), end="")
+            return
+        time.sleep(0.1)
+    proc.terminate()
+    raise SystemExit("the local stack did not become ready within 120 s")
+
+
+def cmd_down(settings: Settings) -> None:
+    pid = read_pid(settings)
+    if pid is None:
+        print("the local stack is not running")
+        (settings.state / "stack.pid").unlink(missing_ok=True)
+        return
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            time.sleep(0.1)
+        except ProcessLookupError:
+            break
+    else:
+        os.killpg(pid, signal.SIGKILL)
+    (settings.state / "stack.pid").unlink(missing_ok=True)
+    print("local stack stopped")
+
+
+def main(argv: list[str]) -> None:
+    settings = Settings()
+    commands = {"up": cmd_up, "down": cmd_down, "serve": cmd_serve}
+    if len(argv) != 2 or argv[1] not in commands:
+        raise SystemExit(__doc__)
+    if shutil.which(str(settings.venv_bin / "moto_server")) is None:
+        raise SystemExit("moto_server is missing from the virtual environment; run `make venv`")
+    commands[argv[1]](settings)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

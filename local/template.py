@@ -1,0 +1,195 @@
+"""Reads template.yaml for the local stack: resources, functions, routes and their environment.
+
+The local stack never declares a queue, a table or a variable of its own: it reads them here from
+the same template that deploys to AWS, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from samcli.yamlhelper import yaml_parse
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+
+ACCOUNT_ID = "123456789012"
+REGION = "us-east-1"
+STACK_NAME = "billing-local"
+
+
+def load(path: Path = TEMPLATE) -> dict:
+    return yaml_parse(path.read_text())
+
+
+@dataclass
+class Route:
+    method: str
+    path: str
+    function: str
+    pattern: re.Pattern = field(repr=False)
+
+    @classmethod
+    def of(cls, method: str, path: str, function: str) -> "Route":
+        # `/v1/accounts/{account_id}` matches one path segment per parameter.
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(path))
+        return cls(method.upper(), path, function, re.compile(f"^{regex}$"))
+
+    def match(self, method: str, path: str) -> dict | None:
+        if method.upper() != self.method:
+            return None
+        m = self.pattern.match(path)
+        return m.groupdict() if m else None
+
+
+@dataclass
+class Function:
+    logical_id: str
+    binary: str
+    timeout: int
+    memory: int
+    environment: dict
+    routes: list[Route]
+    raw: dict = field(repr=False)
+
+
+class Template:
+    """The template, with intrinsic functions resolved against local names and endpoints."""
+
+    def __init__(self, doc: dict, aws_endpoint: str, parameters: dict | None = None):
+        self.doc = doc
+        self.aws_endpoint = aws_endpoint.rstrip("/")
+        self.resources: dict = doc.get("Resources", {})
+        self.parameters = {
+            name: str(spec.get("Default", ""))
+            for name, spec in doc.get("Parameters", {}).items()
+        }
+        self.parameters.update(parameters or {})
+
+    # --- intrinsic functions --------------------------------------------------------------
+
+    def resolve(self, value):
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) == 1:
+            (key, arg), = value.items()
+            if key == "Ref":
+                return self.ref(arg)
+            if key == "Fn::GetAtt":
+                name, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+                return self.get_att(name, attr)
+            if key == "Fn::Sub":
+                return self.sub(arg)
+            if key == "Fn::Join":
+                sep, items = arg
+                return sep.join(str(self.resolve(i)) for i in items)
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def sub(self, arg) -> str:
+        text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1]))
+
+        def repl(m: re.Match) -> str:
+            name = m.group(1)
+            if name in extra:
+                return str(extra[name])
+            if "." in name and not name.startswith("AWS::"):
+                res, attr = name.split(".", 1)
+                return str(self.get_att(res, attr))
+            return str(self.ref(name))
+
+        return re.sub(r"\$\{([^}!]+)\}", repl, text)
+
+    def ref(self, name: str):
+        pseudo = {
+            "AWS::StackName": STACK_NAME,
+            "AWS::Region": REGION,
+            "AWS::AccountId": ACCOUNT_ID,
+            "AWS::URLSuffix": "amazonaws.com",
+            "AWS::Partition": "aws",
+        }
+        if name in pseudo:
+            return pseudo[name]
+        if name in self.parameters:
+            return self.parameters[name]
+        res = self.resources.get(name)
+        if res is None:
+            raise KeyError(f"template.yaml: !Ref {name} names nothing")
+        kind = res["Type"]
+        if kind == "AWS::SQS::Queue":
+            return self.queue_url(name)
+        if kind == "AWS::DynamoDB::Table":
+            return self.table_name(name)
+        if kind == "AWS::SecretsManager::Secret":
+            # Secrets Manager takes the name wherever it takes the ARN.
+            return self.resolve(res["Properties"]["Name"])
+        return name  # functions, topics, APIs: the logical id names them locally
+
+    def get_att(self, name: str, attr: str):
+        res = self.resources[name]
+        kind = res["Type"]
+        if kind == "AWS::SQS::Queue":
+            queue = self.queue_name(name)
+            return {
+                "Arn": f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{queue}",
+                "QueueName": queue,
+                "QueueUrl": self.queue_url(name),
+            }[attr]
+        if kind == "AWS::DynamoDB::Table":
+            table = self.table_name(name)
+            return {
+                "Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table}",
+                "StreamArn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table}/stream/local",
+            }[attr]
+        if attr == "Arn":
+            return f"arn:aws:local:{REGION}:{ACCOUNT_ID}:{name}"
+        raise KeyError(f"template.yaml: !GetAtt {name}.{attr} is not known locally")
+
+    # --- names ----------------------------------------------------------------------------
+
+    def queue_name(self, logical_id: str) -> str:
+        props = self.resources[logical_id].get("Properties", {})
+        return self.resolve(props.get("QueueName", logical_id))
+
+    def queue_url(self, logical_id: str) -> str:
+        return f"{self.aws_endpoint}/{ACCOUNT_ID}/{self.queue_name(logical_id)}"
+
+    def table_name(self, logical_id: str) -> str:
+        props = self.resources[logical_id].get("Properties", {})
+        return self.resolve(props.get("TableName", logical_id))
+
+    def of_type(self, kind: str) -> dict:
+        return {k: v for k, v in self.resources.items() if v["Type"] == kind}
+
+    # --- functions ------------------------------------------------------------------------
+
+    def functions(self) -> list[Function]:
+        glob = self.doc.get("Globals", {}).get("Function", {})
+        out = []
+        for logical_id, res in self.of_type("AWS::Serverless::Function").items():
+            props = res.get("Properties", {})
+            binary = res.get("Metadata", {}).get("BuildProperties", {}).get("Binary")
+            if not binary:
+                raise ValueError(f"template.yaml: {logical_id} has no Metadata.BuildProperties.Binary")
+            env = dict(glob.get("Environment", {}).get("Variables", {}))
+            env.update(props.get("Environment", {}).get("Variables", {}))
+            routes = []
+            for event in props.get("Events", {}).values():
+                if event.get("Type") == "HttpApi":
+                    p = event["Properties"]
+                    routes.append(Route.of(p["Method"], p["Path"], logical_id))
+            out.append(
+                Function(
+                    logical_id=logical_id,
+                    binary=binary,
+                    timeout=int(props.get("Timeout", glob.get("Timeout", 3))),
+                    memory=int(props.get("MemorySize", glob.get("MemorySize", 128))),
+                    environment={k: str(self.resolve(v)) for k, v in env.items()},
+                    routes=routes,
+                    raw=res,
+                )
+            )
+        return out

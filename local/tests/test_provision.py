@@ -1,0 +1,86 @@
+"""The local queues, table and secret are exactly what template.yaml declares."""
+
+import json
+
+import pytest
+
+from provision import UnknownProperty, client, provision, queue_attributes
+from template import Template, load
+from with_aws import aws_endpoint
+
+
+@pytest.fixture(scope="module")
+def provisioned():
+    with aws_endpoint() as endpoint:
+        tpl = Template(load(), endpoint)
+        provision(tpl, endpoint, {"StripeSecret": json.dumps({"api_key": "sk_test_x", "webhook_secrets": ["whsec_x"]})})
+        yield tpl, endpoint
+
+
+def test_every_queue_has_every_declared_attribute(provisioned):
+    tpl, endpoint = provisioned
+    sqs = client("sqs", endpoint)
+    queues = tpl.of_type("AWS::SQS::Queue")
+    assert queues, "the template declares queues"
+    for logical_id in queues:
+        url = sqs.get_queue_url(QueueName=tpl.queue_name(logical_id))["QueueUrl"]
+        actual = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        for name, expected in queue_attributes(tpl, logical_id).items():
+            if name in ("RedrivePolicy", "RedriveAllowPolicy"):
+                assert json.loads(actual[name]) == json.loads(expected), f"{logical_id}.{name}"
+            else:
+                assert actual.get(name) == expected, f"{logical_id}.{name}: {actual.get(name)} != {expected}"
+
+
+def test_events_queue_is_fifo_with_a_dead_letter_queue(provisioned):
+    tpl, endpoint = provisioned
+    props = tpl.resolve(tpl.resources["EventsQueue"]["Properties"])
+    assert props["FifoQueue"] is True
+    assert props["RedrivePolicy"]["maxReceiveCount"] == 5
+    assert props["RedrivePolicy"]["deadLetterTargetArn"].endswith(tpl.queue_name("EventsDeadLetterQueue"))
+
+
+def test_every_table_matches_its_declaration(provisioned):
+    tpl, endpoint = provisioned
+    ddb = client("dynamodb", endpoint)
+    for logical_id, res in tpl.of_type("AWS::DynamoDB::Table").items():
+        props = tpl.resolve(res["Properties"])
+        table = ddb.describe_table(TableName=props["TableName"])["Table"]
+        assert table["KeySchema"] == props["KeySchema"]
+        assert sorted(table["AttributeDefinitions"], key=lambda a: a["AttributeName"]) == sorted(
+            props["AttributeDefinitions"], key=lambda a: a["AttributeName"]
+        )
+        assert table["BillingModeSummary"]["BillingMode"] == props["BillingMode"]
+        assert table["StreamSpecification"] == {"StreamEnabled": True, **props["StreamSpecification"]}
+        assert {g["IndexName"] for g in table.get("GlobalSecondaryIndexes", [])} == {
+            g["IndexName"] for g in props.get("GlobalSecondaryIndexes", [])
+        }
+        ttl = ddb.describe_time_to_live(TableName=props["TableName"])["TimeToLiveDescription"]
+        assert ttl["AttributeName"] == props["TimeToLiveSpecification"]["AttributeName"]
+        assert ttl["TimeToLiveStatus"] == "ENABLED"
+        backups = ddb.describe_continuous_backups(TableName=props["TableName"])["ContinuousBackupsDescription"]
+        assert backups["PointInTimeRecoveryDescription"]["PointInTimeRecoveryStatus"] == "ENABLED"
+
+
+def test_the_secret_holds_the_local_keys(provisioned):
+    tpl, endpoint = provisioned
+    sm = client("secretsmanager", endpoint)
+    value = sm.get_secret_value(SecretId=tpl.ref("StripeSecret"))["SecretString"]
+    assert json.loads(value)["webhook_secrets"] == ["whsec_x"]
+
+
+def test_a_property_the_local_stack_cannot_apply_stops_it():
+    doc = load()
+    doc["Resources"]["EventsQueue"]["Properties"]["SomeNewProperty"] = 1
+    with pytest.raises(UnknownProperty, match="SomeNewProperty"):
+        queue_attributes(Template(doc, "http://127.0.0.1:1"), "EventsQueue")
+
+
+def test_function_environment_is_resolved_from_the_template():
+    tpl = Template(load(), "http://127.0.0.1:4566")
+    (webhook,) = [f for f in tpl.functions() if f.logical_id == "WebhookFunction"]
+    assert webhook.binary == "webhook"
+    assert webhook.environment["EVENTS_QUEUE_URL"] == "http://127.0.0.1:4566/123456789012/billing-local-stripe-events.fifo"
+    assert webhook.environment["STRIPE_SECRET_ID"] == "billing-local/stripe"
+    assert webhook.environment["STRIPE_LIVEMODE"] == "false"
+    assert [(r.method, r.path) for r in webhook.routes] == [("POST", "/webhooks/stripe")]
