@@ -79,7 +79,10 @@ mod tests {
         let err = required_bool(&env, "FLAG").unwrap_err();
         assert!(err.to_string().contains("FLAG"), "{err}");
         let err = parsed_or::<u32>(&env, "N", 5).unwrap_err();
-        assert!(err.to_string().contains('N') && err.to_string().contains("12a"), "{err}");
+        assert!(
+            err.to_string().contains('N') && err.to_string().contains("12a"),
+            "{err}"
+        );
         assert_eq!(parsed_or::<u32>(&env, "UNSET", 5).unwrap(), 5);
     }
 }

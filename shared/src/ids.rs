@@ -36,7 +36,10 @@ fn check(kind: &'static str, prefix: &'static str, value: &str) -> Result<(), Id
     if !value.starts_with(prefix) || value.len() == prefix.len() {
         return Err(IdError::WrongPrefix { kind, prefix });
     }
-    if !value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         return Err(IdError::InvalidCharacter { kind });
     }
     Ok(())

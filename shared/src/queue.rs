@@ -83,7 +83,11 @@ pub struct SqsEventQueue {
 }
 
 impl SqsEventQueue {
-    pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>, max_message_bytes: usize) -> Self {
+    pub fn new(
+        client: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+        max_message_bytes: usize,
+    ) -> Self {
         Self {
             client,
             queue_url: queue_url.into(),
@@ -160,7 +164,9 @@ impl InMemoryEventQueue {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, InMemoryState> {
         // A panic while holding this lock can only come from a test; its state is still usable.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

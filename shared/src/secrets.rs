@@ -141,7 +141,10 @@ mod tests {
         )
         .unwrap();
         let shown = format!("{s:?}");
-        assert!(!shown.contains("sk_test_abc") && !shown.contains("whsec_xyz"), "{shown}");
+        assert!(
+            !shown.contains("sk_test_abc") && !shown.contains("whsec_xyz"),
+            "{shown}"
+        );
         assert!(shown.contains("redacted"));
     }
 
@@ -150,8 +153,14 @@ mod tests {
         let cases = [
             ("[]", SecretsError::NotAnObject),
             ("not json sk_live_leak", SecretsError::NotAnObject),
-            (r#"{"webhook_secrets":["whsec_a"]}"#, SecretsError::Missing("api_key")),
-            (r#"{"api_key":"sk_a"}"#, SecretsError::Missing("webhook_secrets")),
+            (
+                r#"{"webhook_secrets":["whsec_a"]}"#,
+                SecretsError::Missing("api_key"),
+            ),
+            (
+                r#"{"api_key":"sk_a"}"#,
+                SecretsError::Missing("webhook_secrets"),
+            ),
             (
                 r#"{"api_key":"pk_live_leak","webhook_secrets":["whsec_a"]}"#,
                 SecretsError::Invalid {

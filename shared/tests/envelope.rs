@@ -51,8 +51,13 @@ fn every_fixture_object_parses() {
         if object.get("id").and_then(Value::as_str).is_none() {
             continue; // meter event summaries and the like carry no routable id
         }
-        let e = parse(&event_around(&name, "test.event")).unwrap_or_else(|err| panic!("{name}: {err}"));
-        assert_eq!(e.object.id.as_str(), object["id"].as_str().unwrap(), "{name}");
+        let e =
+            parse(&event_around(&name, "test.event")).unwrap_or_else(|err| panic!("{name}: {err}"));
+        assert_eq!(
+            e.object.id.as_str(),
+            object["id"].as_str().unwrap(),
+            "{name}"
+        );
     }
 }
 
@@ -85,10 +90,22 @@ fn missing_and_invalid_fields_are_named() {
         e
     };
     assert_eq!(parse(&without(&["id"])), Err(EnvelopeError::Missing("id")));
-    assert_eq!(parse(&without(&["type"])), Err(EnvelopeError::Missing("type")));
-    assert_eq!(parse(&without(&["created"])), Err(EnvelopeError::Missing("created")));
-    assert_eq!(parse(&without(&["livemode"])), Err(EnvelopeError::Missing("livemode")));
-    assert_eq!(parse(&without(&["data"])), Err(EnvelopeError::Missing("data")));
+    assert_eq!(
+        parse(&without(&["type"])),
+        Err(EnvelopeError::Missing("type"))
+    );
+    assert_eq!(
+        parse(&without(&["created"])),
+        Err(EnvelopeError::Missing("created"))
+    );
+    assert_eq!(
+        parse(&without(&["livemode"])),
+        Err(EnvelopeError::Missing("livemode"))
+    );
+    assert_eq!(
+        parse(&without(&["data"])),
+        Err(EnvelopeError::Missing("data"))
+    );
     assert_eq!(
         parse(&without(&["data", "object", "id"])),
         Err(EnvelopeError::Missing("data.object.id"))
@@ -99,20 +116,43 @@ fn missing_and_invalid_fields_are_named() {
         e[field] = value;
         e
     };
-    assert!(matches!(parse(&with("id", json!("cus_notanevent"))), Err(EnvelopeError::Invalid { field: "id", .. })));
-    assert!(matches!(parse(&with("id", json!("evt_".to_owned() + &"a".repeat(200)))), Err(EnvelopeError::Invalid { field: "id", .. })));
-    assert!(matches!(parse(&with("type", json!("Invoice Paid!"))), Err(EnvelopeError::Invalid { field: "type", .. })));
-    assert!(matches!(parse(&with("created", json!("yesterday"))), Err(EnvelopeError::NotJson(_))));
-    assert!(matches!(EventEnvelope::parse(b"not json"), Err(EnvelopeError::NotJson(_))));
-    assert!(matches!(EventEnvelope::parse(b"[1,2]"), Err(EnvelopeError::NotJson(_))));
+    assert!(matches!(
+        parse(&with("id", json!("cus_notanevent"))),
+        Err(EnvelopeError::Invalid { field: "id", .. })
+    ));
+    assert!(matches!(
+        parse(&with("id", json!("evt_".to_owned() + &"a".repeat(200)))),
+        Err(EnvelopeError::Invalid { field: "id", .. })
+    ));
+    assert!(matches!(
+        parse(&with("type", json!("Invoice Paid!"))),
+        Err(EnvelopeError::Invalid { field: "type", .. })
+    ));
+    assert!(matches!(
+        parse(&with("created", json!("yesterday"))),
+        Err(EnvelopeError::NotJson(_))
+    ));
+    assert!(matches!(
+        EventEnvelope::parse(b"not json"),
+        Err(EnvelopeError::NotJson(_))
+    ));
+    assert!(matches!(
+        EventEnvelope::parse(b"[1,2]"),
+        Err(EnvelopeError::NotJson(_))
+    ));
 }
 
 #[test]
 fn escaped_strings_are_decoded() {
     let mut event = event_around("customer", "customer.created");
     event["id"] = json!("evt_1QvEscaped");
-    let text = event.to_string().replace("evt_1QvEscaped", "evt_1Qv\\u0045scaped");
-    assert_eq!(EventEnvelope::parse(text.as_bytes()).unwrap().id.as_str(), "evt_1QvEscaped");
+    let text = event
+        .to_string()
+        .replace("evt_1QvEscaped", "evt_1Qv\\u0045scaped");
+    assert_eq!(
+        EventEnvelope::parse(text.as_bytes()).unwrap().id.as_str(),
+        "evt_1QvEscaped"
+    );
 }
 
 proptest! {

@@ -33,9 +33,33 @@ fn check(secrets: &[&str], header: &str, body: &str, now: i64) -> Result<(), Sig
 
 #[test]
 fn stripe_library_vectors_verify() {
-    assert_eq!(check(&["whsec_test_secret_a"], &format!("t={T},v1={SIG_A}"), PAYLOAD, T), Ok(()));
-    assert_eq!(check(&["whsec_test_secret_b"], &format!("t={T},v1={SIG_B}"), PAYLOAD, T), Ok(()));
-    assert_eq!(check(&["whsec_test_secret_a"], &format!("t={T},v1={SIG_EMPTY}"), "", T), Ok(()));
+    assert_eq!(
+        check(
+            &["whsec_test_secret_a"],
+            &format!("t={T},v1={SIG_A}"),
+            PAYLOAD,
+            T
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        check(
+            &["whsec_test_secret_b"],
+            &format!("t={T},v1={SIG_B}"),
+            PAYLOAD,
+            T
+        ),
+        Ok(())
+    );
+    assert_eq!(
+        check(
+            &["whsec_test_secret_a"],
+            &format!("t={T},v1={SIG_EMPTY}"),
+            "",
+            T
+        ),
+        Ok(())
+    );
 }
 
 #[test]
@@ -63,7 +87,12 @@ fn rotation_any_secret_any_signature() {
     }
     // Stripe's header during rotation carries one v1 per secret.
     assert_eq!(
-        check(&["whsec_test_secret_b"], &format!("t={T},v1={SIG_A},v1={SIG_B}"), PAYLOAD, T),
+        check(
+            &["whsec_test_secret_b"],
+            &format!("t={T},v1={SIG_A},v1={SIG_B}"),
+            PAYLOAD,
+            T
+        ),
         Ok(())
     );
 }
@@ -124,11 +153,26 @@ fn malformed_headers_are_named() {
     let body = PAYLOAD.as_bytes();
     assert_eq!(v.verify(None, body, T), Err(SignatureError::MissingHeader));
     let cases = [
-        ("", SignatureError::MalformedHeader("an item is not key=value")),
-        ("garbage", SignatureError::MalformedHeader("an item is not key=value")),
-        (&format!("v1={SIG_A}") as &str, SignatureError::MalformedHeader("t is missing")),
-        (&format!("t=abc,v1={SIG_A}"), SignatureError::MalformedHeader("t is not an integer")),
-        (&format!("t={T},t={T},v1={SIG_A}"), SignatureError::MalformedHeader("t appears twice")),
+        (
+            "",
+            SignatureError::MalformedHeader("an item is not key=value"),
+        ),
+        (
+            "garbage",
+            SignatureError::MalformedHeader("an item is not key=value"),
+        ),
+        (
+            &format!("v1={SIG_A}") as &str,
+            SignatureError::MalformedHeader("t is missing"),
+        ),
+        (
+            &format!("t=abc,v1={SIG_A}"),
+            SignatureError::MalformedHeader("t is not an integer"),
+        ),
+        (
+            &format!("t={T},t={T},v1={SIG_A}"),
+            SignatureError::MalformedHeader("t appears twice"),
+        ),
         (&format!("t={T}"), SignatureError::NoV1Signature),
         (&format!("t={T},v1=nothex"), SignatureError::NoMatch),
     ];

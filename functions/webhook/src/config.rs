@@ -17,7 +17,11 @@ pub struct WebhookConfig {
 
 impl WebhookConfig {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
-        let max_message_bytes = parsed_or(env, "EVENTS_QUEUE_MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES)?;
+        let max_message_bytes = parsed_or(
+            env,
+            "EVENTS_QUEUE_MAX_MESSAGE_BYTES",
+            DEFAULT_MAX_MESSAGE_BYTES,
+        )?;
         if !(1024..=1024 * 1024).contains(&max_message_bytes) {
             return Err(ConfigError::Invalid {
                 name: "EVENTS_QUEUE_MAX_MESSAGE_BYTES",
@@ -77,6 +81,9 @@ mod tests {
             ("EVENTS_QUEUE_MAX_MESSAGE_BYTES", "10"),
         ];
         let err = WebhookConfig::from_env(&env).unwrap_err();
-        assert!(err.to_string().contains("EVENTS_QUEUE_MAX_MESSAGE_BYTES"), "{err}");
+        assert!(
+            err.to_string().contains("EVENTS_QUEUE_MAX_MESSAGE_BYTES"),
+            "{err}"
+        );
     }
 }

@@ -29,7 +29,9 @@ pub enum Rejection {
     Signature(#[from] SignatureError),
     #[error(transparent)]
     Envelope(#[from] EnvelopeError),
-    #[error("the event's livemode is {event} but this deployment takes livemode={deployment} events")]
+    #[error(
+        "the event's livemode is {event} but this deployment takes livemode={deployment} events"
+    )]
     WrongMode { event: bool, deployment: bool },
     #[error("the event could not be queued; Stripe will retry")]
     QueueUnavailable(#[source] anyhow::Error),
@@ -52,6 +54,10 @@ impl Rejection {
         match self {
             Rejection::TooLarge => "body_too_large",
             Rejection::BadBase64 => "malformed_base64",
+            Rejection::Signature(SignatureError::MissingHeader) => "missing_signature",
+            Rejection::Signature(SignatureError::OutsideTolerance { .. }) => {
+                "timestamp_outside_tolerance"
+            }
             Rejection::Signature(_) => "invalid_signature",
             Rejection::Envelope(_) => "invalid_event",
             Rejection::WrongMode { .. } => "wrong_livemode",
@@ -86,7 +92,11 @@ impl<Q: EventQueue> WebhookHandler<Q> {
     }
 
     /// Handles one delivery at Unix time `now` and answers API Gateway.
-    pub async fn handle(&self, request: &ApiGatewayV2httpRequest, now: i64) -> ApiGatewayV2httpResponse {
+    pub async fn handle(
+        &self,
+        request: &ApiGatewayV2httpRequest,
+        now: i64,
+    ) -> ApiGatewayV2httpResponse {
         match self.accept(request, now).await {
             Ok(queued) => respond(
                 200,
@@ -96,7 +106,11 @@ impl<Q: EventQueue> WebhookHandler<Q> {
                 match &rejection {
                     Rejection::QueueUnavailable(cause) => {
                         // `{:#}` keeps the whole cause chain in one line.
-                        warn!(code = rejection.code(), error = format!("{cause:#}"), "event not queued")
+                        warn!(
+                            code = rejection.code(),
+                            error = format!("{cause:#}"),
+                            "event not queued"
+                        )
                     }
                     other => warn!(code = other.code(), reason = %other, "delivery refused"),
                 }
@@ -109,12 +123,19 @@ impl<Q: EventQueue> WebhookHandler<Q> {
     }
 
     /// The decision itself, without HTTP: verified and queued, or why not.
-    pub async fn accept(&self, request: &ApiGatewayV2httpRequest, now: i64) -> Result<Queued, Rejection> {
+    pub async fn accept(
+        &self,
+        request: &ApiGatewayV2httpRequest,
+        now: i64,
+    ) -> Result<Queued, Rejection> {
         let body = raw_body(request)?;
         let signature = request
             .headers
             .get(SIGNATURE_HEADER)
-            .map(|v| v.to_str().map_err(|_| SignatureError::MalformedHeader("it is not ASCII")))
+            .map(|v| {
+                v.to_str()
+                    .map_err(|_| SignatureError::MalformedHeader("it is not ASCII"))
+            })
             .transpose()?;
         self.verifier.verify(signature, &body, now)?;
 

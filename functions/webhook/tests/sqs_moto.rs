@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
-use shared::queue::{ATTR_EVENT_ID, ATTR_EVENT_TYPE, ATTR_PAYLOAD, DEFAULT_MAX_MESSAGE_BYTES, SqsEventQueue};
+use shared::queue::{
+    ATTR_EVENT_ID, ATTR_EVENT_TYPE, ATTR_PAYLOAD, DEFAULT_MAX_MESSAGE_BYTES, SqsEventQueue,
+};
 use support::*;
 use webhook::handler::WebhookHandler;
 
@@ -23,7 +25,10 @@ async fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
 
 /// A fresh FIFO queue, named after the test so runs never share one.
 async fn fifo_queue(client: &aws_sdk_sqs::Client, test: &str) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
     let name = format!("{test}-{}-{nanos}.fifo", std::process::id());
     let name = &name[name.len().saturating_sub(80)..];
     client
@@ -76,16 +81,29 @@ async fn one_event_is_one_message_with_group_and_deduplication_ids() {
     assert_eq!(messages.len(), 1);
     let m = &messages[0];
     let system = m.attributes.as_ref().expect("system attributes");
-    assert_eq!(system[&MessageSystemAttributeName::MessageGroupId], "cus_QvSampleCustomer1");
+    assert_eq!(
+        system[&MessageSystemAttributeName::MessageGroupId],
+        "cus_QvSampleCustomer1"
+    );
     assert_eq!(
         system[&MessageSystemAttributeName::MessageDeduplicationId],
         "evt_1QvSampleCheckout01"
     );
     let attrs = m.message_attributes.as_ref().expect("message attributes");
-    assert_eq!(attrs[ATTR_EVENT_ID].string_value(), Some("evt_1QvSampleCheckout01"));
-    assert_eq!(attrs[ATTR_EVENT_TYPE].string_value(), Some("checkout.session.completed"));
+    assert_eq!(
+        attrs[ATTR_EVENT_ID].string_value(),
+        Some("evt_1QvSampleCheckout01")
+    );
+    assert_eq!(
+        attrs[ATTR_EVENT_TYPE].string_value(),
+        Some("checkout.session.completed")
+    );
     assert_eq!(attrs[ATTR_PAYLOAD].string_value(), Some("inline"));
-    assert_eq!(m.body(), sample().body.as_deref(), "the body is queued byte for byte");
+    assert_eq!(
+        m.body(),
+        sample().body.as_deref(),
+        "the body is queued byte for byte"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -121,14 +139,22 @@ async fn every_refused_delivery_leaves_the_queue_empty() {
 
     let cases = [
         ("no signature", request(&body, None), 400),
-        ("malformed signature", request(&body, Some("t=x".into())), 400),
+        (
+            "malformed signature",
+            request(&body, Some("t=x".into())),
+            400,
+        ),
         ("tampered body", tampered, 400),
         ("stale", signed_at(&body, T - 301), 400),
         ("future", signed_at(&body, T + 301), 400),
         ("not JSON", signed("{oops"), 400),
         ("no id", signed(r#"{"type":"invoice.paid"}"#), 400),
         ("no type", signed(r#"{"id":"evt_1Qv"}"#), 400),
-        ("live event", signed(&event_body("evt_1QvLive", "invoice.paid", None, true)), 400),
+        (
+            "live event",
+            signed(&event_body("evt_1QvLive", "invoice.paid", None, true)),
+            400,
+        ),
         ("malformed base64", malformed_base64, 400),
         ("over 1 MiB", signed(&big), 413),
     ];
@@ -144,7 +170,11 @@ async fn an_unreachable_queue_answers_500() {
     let client = sqs("http://127.0.0.1:9").await;
     let h = WebhookHandler::new(
         verifier(),
-        SqsEventQueue::new(client, "http://127.0.0.1:9/000000000000/gone.fifo", DEFAULT_MAX_MESSAGE_BYTES),
+        SqsEventQueue::new(
+            client,
+            "http://127.0.0.1:9/000000000000/gone.fifo",
+            DEFAULT_MAX_MESSAGE_BYTES,
+        ),
         false,
     );
     assert_eq!(h.handle(&sample(), T).await.status_code, 500);
@@ -155,7 +185,11 @@ async fn a_missing_queue_answers_500() {
     let client = sqs(&endpoint()).await;
     let h = WebhookHandler::new(
         verifier(),
-        SqsEventQueue::new(client, format!("{}/000000000000/does-not-exist.fifo", endpoint()), DEFAULT_MAX_MESSAGE_BYTES),
+        SqsEventQueue::new(
+            client,
+            format!("{}/000000000000/does-not-exist.fifo", endpoint()),
+            DEFAULT_MAX_MESSAGE_BYTES,
+        ),
         false,
     );
     assert_eq!(h.handle(&sample(), T).await.status_code, 500);

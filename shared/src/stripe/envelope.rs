@@ -110,7 +110,8 @@ impl EventEnvelope {
             .object
             .ok_or(EnvelopeError::Missing("data.object"))?;
         let object_id = object.id.ok_or(EnvelopeError::Missing("data.object.id"))?;
-        let object_id = StripeObjectId::parse(&object_id).map_err(|e| invalid("data.object.id", e))?;
+        let object_id =
+            StripeObjectId::parse(&object_id).map_err(|e| invalid("data.object.id", e))?;
         let object_kind = object
             .object
             .ok_or(EnvelopeError::Missing("data.object.object"))?
@@ -148,7 +149,8 @@ fn invalid(field: &'static str, e: IdError) -> EnvelopeError {
 fn validate_event_type(t: &str) -> Result<(), EnvelopeError> {
     let ok = !t.is_empty()
         && t.len() <= MAX_EVENT_TYPE_LEN
-        && t.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
+        && t.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_');
     if ok {
         Ok(())
     } else {

@@ -38,7 +38,9 @@ pub enum SignatureError {
     NoV1Signature,
     #[error("no v1 signature matches the payload under any configured signing secret")]
     NoMatch,
-    #[error("the signature timestamp is {age_secs} s from now; at most {tolerance_secs} s are allowed")]
+    #[error(
+        "the signature timestamp is {age_secs} s from now; at most {tolerance_secs} s are allowed"
+    )]
     OutsideTolerance { age_secs: u64, tolerance_secs: u64 },
 }
 
@@ -75,7 +77,9 @@ impl SignatureHeader {
                 "v1" => {
                     saw_v1 = true;
                     let mut bytes = [0u8; 32];
-                    if v1.len() < MAX_V1_SIGNATURES && hex::decode_to_slice(value, &mut bytes).is_ok() {
+                    if v1.len() < MAX_V1_SIGNATURES
+                        && hex::decode_to_slice(value, &mut bytes).is_ok()
+                    {
                         v1.push(bytes);
                     }
                 }
@@ -113,7 +117,8 @@ impl WebhookVerifier {
             .iter()
             .map(|s| {
                 // HMAC accepts keys of any length, so this cannot fail.
-                HmacSha256::new_from_slice(s.expose().as_bytes()).expect("HMAC takes any key length")
+                HmacSha256::new_from_slice(s.expose().as_bytes())
+                    .expect("HMAC takes any key length")
             })
             .collect();
         Self {
@@ -123,7 +128,12 @@ impl WebhookVerifier {
     }
 
     /// Checks `header` against the raw `body` at Unix time `now`.
-    pub fn verify(&self, header: Option<&str>, body: &[u8], now: i64) -> Result<(), SignatureError> {
+    pub fn verify(
+        &self,
+        header: Option<&str>,
+        body: &[u8],
+        now: i64,
+    ) -> Result<(), SignatureError> {
         let header = SignatureHeader::parse(header.ok_or(SignatureError::MissingHeader)?)?;
         let authentic = self.keyed.iter().any(|key| {
             let expected = signed_payload_mac(key.clone(), header.timestamp, body);
@@ -156,6 +166,10 @@ fn signed_payload_mac(mut mac: HmacSha256, timestamp: i64, body: &[u8]) -> [u8; 
 
 /// Builds a header the way Stripe does, for the local simulator, the demo and tests.
 pub fn sign(secret: &SecretString, timestamp: i64, body: &[u8]) -> String {
-    let key = HmacSha256::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
-    format!("t={timestamp},v1={}", hex::encode(signed_payload_mac(key, timestamp, body)))
+    let key =
+        HmacSha256::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(signed_payload_mac(key, timestamp, body))
+    )
 }

@@ -19,11 +19,13 @@ pub fn verifier() -> WebhookVerifier {
 
 /// The `sam local invoke` sample, as API Gateway delivers it.
 pub fn sample() -> ApiGatewayV2httpRequest {
-    serde_json::from_str(include_str!("../../../../events/webhook.json")).expect("events/webhook.json parses")
+    serde_json::from_str(include_str!("../../../../events/webhook.json"))
+        .expect("events/webhook.json parses")
 }
 
 pub fn sample_json() -> Value {
-    serde_json::from_str(include_str!("../../../../events/webhook.json")).expect("events/webhook.json parses")
+    serde_json::from_str(include_str!("../../../../events/webhook.json"))
+        .expect("events/webhook.json parses")
 }
 
 /// A Stripe-shaped event body.
@@ -53,8 +55,10 @@ pub fn request(body: &str, signature: Option<String>) -> ApiGatewayV2httpRequest
     let mut req = sample();
     req.headers.remove("stripe-signature");
     if let Some(sig) = signature {
-        req.headers
-            .insert("stripe-signature", HeaderValue::from_str(&sig).expect("ASCII header"));
+        req.headers.insert(
+            "stripe-signature",
+            HeaderValue::from_str(&sig).expect("ASCII header"),
+        );
     }
     req.body = Some(body.to_owned());
     req.is_base64_encoded = false;
@@ -66,7 +70,10 @@ pub fn signed(body: &str) -> ApiGatewayV2httpRequest {
 }
 
 pub fn signed_at(body: &str, t: i64) -> ApiGatewayV2httpRequest {
-    request(body, Some(sign(&SecretString::new(SECRET), t, body.as_bytes())))
+    request(
+        body,
+        Some(sign(&SecretString::new(SECRET), t, body.as_bytes())),
+    )
 }
 
 /// The same delivery with its body base64-encoded, as API Gateway does for binary media types.

@@ -1,0 +1,77 @@
+# The project's commands. Everything it needs is installed by the targets themselves:
+# Python tools into .venv (pinned in local/requirements.txt), crates from crates.io.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export SAM_CLI_TELEMETRY := 0
+export AWS_DEFAULT_REGION ?= us-east-1
+# The template is checked offline: no credentials are needed or read.
+export AWS_ACCESS_KEY_ID ?= testing
+export AWS_SECRET_ACCESS_KEY ?= testing
+
+.PHONY: help venv build up down demo test test-rust test-local lint bench sam-build clean
+
+help:
+	@echo "make demo    start the local stack, play the story, stop"
+	@echo "make test    formatting, lints, the whole suite, template checks"
+	@echo "make up      start the local stack in the background (endpoints in .local/env)"
+	@echo "make down    stop it"
+	@echo "make bench   benchmarks, each figure beside its target"
+	@echo "make sam-build  build the arm64 deployment artefacts with sam build"
+
+$(VENV)/.installed: local/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r local/requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Release binaries for the local stack (the same code that ships, built for this machine).
+build:
+	cargo build --release --workspace --bins
+
+up: venv build
+	$(PY) local/stack.py up
+
+down: venv
+	$(PY) local/stack.py down
+
+demo: venv build
+	$(PY) local/demo.py
+
+test: venv lint test-rust test-local
+	sam validate --lint
+	cfn-lint template.yaml
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# The Rust suite, with a private local AWS endpoint for the integration tests.
+test-rust: venv
+	if cargo nextest --version >/dev/null 2>&1; then \
+	  $(PY) local/with_aws.py cargo nextest run --workspace --no-fail-fast; \
+	else \
+	  $(PY) local/with_aws.py cargo test --workspace --no-fail-fast; \
+	fi
+
+# The local stack itself, on private ports, with the debug binaries the Rust suite built.
+test-local: venv
+	cargo build --workspace --bins
+	cd local && LOCAL_BIN_DIR=$(CURDIR)/target/debug ../$(PY) -m pytest -q tests
+
+bench: venv
+	rustup target add aarch64-unknown-linux-gnu >/dev/null
+	$(PY) bench/run.py
+
+sam-build: venv
+	rustup target add aarch64-unknown-linux-gnu >/dev/null
+	sam build
+
+clean:
+	-$(PY) local/stack.py down
+	rm -rf .local .aws-sam
