@@ -41,7 +41,7 @@ def stripe_event(event_id: str, event_type: str, obj: dict, created: int, livemo
     event = copy.deepcopy(FIXTURES["event"])
     event.update(
         id=event_id, type=event_type, created=created, livemode=livemode,
-        api_version="2026-07-29.basil", pending_webhooks=1, data={"object": obj},
+        api_version="2026-09-30.endive", pending_webhooks=1, data={"object": obj},
     )
     return json.dumps(event, indent=2)  # Stripe delivers pretty-printed JSON
 

@@ -15,7 +15,7 @@ fn event_around(resource: &str, event_type: &str) -> Value {
     event["id"] = json!("evt_1QvEnvelopeTest01");
     event["type"] = json!(event_type);
     event["created"] = json!(1_763_942_400);
-    event["api_version"] = json!("2026-07-29.basil");
+    event["api_version"] = json!("2026-09-30.endive");
     event["data"] = json!({ "object": resources[resource].clone(), "previous_attributes": {} });
     event
 }
@@ -31,7 +31,7 @@ fn invoice_event_is_grouped_by_its_customer() {
     assert_eq!(e.event_type, "invoice.paid");
     assert_eq!(e.created, 1_763_942_400);
     assert!(!e.livemode);
-    assert_eq!(e.api_version.as_deref(), Some("2026-07-29.basil"));
+    assert_eq!(e.api_version.as_deref(), Some("2026-09-30.endive"));
     assert_eq!(e.object.object, "invoice");
     assert_eq!(e.message_group().as_str(), "cus_QXg1o8vcGmoR32");
 }
@@ -140,6 +140,17 @@ fn missing_and_invalid_fields_are_named() {
         EventEnvelope::parse(b"[1,2]"),
         Err(EnvelopeError::NotJson(_))
     ));
+}
+
+#[test]
+fn errors_never_quote_the_body() {
+    let mut event = event_around("customer", "customer.created");
+    event["created"] = json!("ada@example.com");
+    let err = parse(&event).unwrap_err();
+    assert!(matches!(err, EnvelopeError::NotJson(_)));
+    assert!(!err.to_string().contains("ada@example.com"), "{err}");
+    let err = EventEnvelope::parse(br#"{"id": "evt_1", "type": secret-value}"#).unwrap_err();
+    assert!(!err.to_string().contains("secret"), "{err}");
 }
 
 #[test]

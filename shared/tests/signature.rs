@@ -15,10 +15,10 @@ use shared::secrets::SecretString;
 use shared::stripe::signature::{DEFAULT_TOLERANCE_SECS, MAX_HEADER_LEN, SignatureHeader, sign};
 use shared::stripe::{SignatureError, WebhookVerifier};
 
-const PAYLOAD: &str = r#"{"id":"evt_1QvTestVector0001","object":"event","api_version":"2026-07-29.basil","created":1763942400,"data":{"object":{"id":"in_1QvTestInvoice01","object":"invoice","customer":"cus_QvTestCustomer1","amount_due":2000}},"livemode":false,"pending_webhooks":1,"request":{"id":null,"idempotency_key":null},"type":"invoice.paid"}"#;
+const PAYLOAD: &str = r#"{"id":"evt_1QvTestVector0001","object":"event","api_version":"2026-09-30.endive","created":1763942400,"data":{"object":{"id":"in_1QvTestInvoice01","object":"invoice","customer":"cus_QvTestCustomer1","amount_due":2000}},"livemode":false,"pending_webhooks":1,"request":{"id":null,"idempotency_key":null},"type":"invoice.paid"}"#;
 const T: i64 = 1_763_942_400;
-const SIG_A: &str = "44dcf9fb1df9c5467dd0a94a443c3632eeb8652ad9fc867fda2bb9657dbabe20";
-const SIG_B: &str = "8407da66e33abaaacaba37d0878add19a27cee0f6b2d38b423d0b47712746e46";
+const SIG_A: &str = "2e171e1f82ec1076da11405cb942b97a49d03bec70e51d1db050e61410ff0657";
+const SIG_B: &str = "788f7b76489c461860d074c27ea1a2142eb38cf7f755afb00513af7a9cec2a3d";
 const SIG_EMPTY: &str = "2a6545f8e65e2c7f7f78ea3146c06d56df12238bb73c6d95af54d651fa53c160";
 const OTHER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 

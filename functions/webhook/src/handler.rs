@@ -11,7 +11,7 @@ use lambda_http::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use serde_json::json;
 use shared::queue::{EventPayload, EventQueue, QueuedEvent};
 use shared::stripe::{EnvelopeError, EventEnvelope, SignatureError, WebhookVerifier};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Stripe's events are far smaller; anything larger is refused before any work is done.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -66,12 +66,6 @@ impl Rejection {
     }
 }
 
-/// What happened to an accepted delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Queued {
-    pub event: QueuedEvent,
-}
-
 pub struct WebhookHandler<Q> {
     verifier: WebhookVerifier,
     queue: Q,
@@ -100,13 +94,13 @@ impl<Q: EventQueue> WebhookHandler<Q> {
         match self.accept(request, now).await {
             Ok(queued) => respond(
                 200,
-                json!({ "received": true, "event_id": queued.event.event_id.as_str() }),
+                json!({ "received": true, "event_id": queued.event_id.as_str() }),
             ),
             Err(rejection) => {
                 match &rejection {
                     Rejection::QueueUnavailable(cause) => {
                         // `{:#}` keeps the whole cause chain in one line.
-                        warn!(
+                        error!(
                             code = rejection.code(),
                             error = format!("{cause:#}"),
                             "event not queued"
@@ -127,7 +121,7 @@ impl<Q: EventQueue> WebhookHandler<Q> {
         &self,
         request: &ApiGatewayV2httpRequest,
         now: i64,
-    ) -> Result<Queued, Rejection> {
+    ) -> Result<QueuedEvent, Rejection> {
         let body = raw_body(request)?;
         let signature = request
             .headers
@@ -148,8 +142,10 @@ impl<Q: EventQueue> WebhookHandler<Q> {
         }
 
         let payload = if body.len() <= self.queue.max_inline_body_bytes() {
-            // Verified JSON is valid UTF-8 (serde_json checked it), so this copies without failing.
-            EventPayload::Inline(String::from_utf8_lossy(&body).into_owned())
+            // The envelope parsed, so the body is valid UTF-8 JSON: this moves it without copying.
+            let text = String::from_utf8(body)
+                .map_err(|_| EnvelopeError::NotJson("the body is not UTF-8".to_owned()))?;
+            EventPayload::Inline(text)
         } else {
             EventPayload::Reference
         };
@@ -170,7 +166,7 @@ impl<Q: EventQueue> WebhookHandler<Q> {
             payload = event.payload.kind(),
             "event queued"
         );
-        Ok(Queued { event })
+        Ok(event)
     }
 }
 

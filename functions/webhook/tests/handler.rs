@@ -43,6 +43,7 @@ async fn the_sample_event_is_queued_through_a_lambda_event() {
     assert_eq!(body_json(&r)["event_id"], "evt_1QvSampleCheckout01");
     let queued = h.queue().messages();
     assert_eq!(queued.len(), 1);
+    assert_eq!(h.queue().calls(), 1, "one queue call per event");
     assert_eq!(queued[0].event_id.as_str(), "evt_1QvSampleCheckout01");
     assert_eq!(queued[0].event_type, "checkout.session.completed");
     assert_eq!(queued[0].group.as_str(), "cus_QvSampleCustomer1");
@@ -93,6 +94,8 @@ async fn duplicates_collapse_and_answer_200() {
     for _ in 0..3 {
         assert_eq!(h.handle(&sample(), T).await.status_code, 200);
     }
+    // Each delivery is one queue call; the queue's deduplication keeps one message.
+    assert_eq!(h.queue().calls(), 3);
     assert_eq!(h.queue().messages().len(), 1);
 }
 

@@ -5,8 +5,12 @@
 mod support;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef;
+use aws_sdk_sqs::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_sqs::error::BoxError;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use shared::queue::{
     ATTR_EVENT_ID, ATTR_EVENT_TYPE, ATTR_PAYLOAD, DEFAULT_MAX_MESSAGE_BYTES, SqsEventQueue,
@@ -162,6 +166,82 @@ async fn every_refused_delivery_leaves_the_queue_empty() {
         assert_eq!(h.handle(&req, T).await.status_code, status, "{name}");
     }
     assert!(drain(&client, &url).await.is_empty());
+}
+
+#[tokio::test]
+async fn an_event_too_large_for_a_message_is_queued_by_reference() {
+    let client = sqs(&endpoint()).await;
+    let url = fifo_queue(&client, "reference").await;
+    // A queue whose messages hold 2 KiB: the 5 KB sample cannot travel inline.
+    let h = WebhookHandler::new(
+        verifier(),
+        SqsEventQueue::new(client.clone(), &url, 2048),
+        false,
+    );
+    assert_eq!(h.handle(&sample(), T).await.status_code, 200);
+
+    let messages = drain(&client, &url).await;
+    assert_eq!(messages.len(), 1);
+    let attrs = messages[0]
+        .message_attributes
+        .as_ref()
+        .expect("message attributes");
+    assert_eq!(attrs[ATTR_PAYLOAD].string_value(), Some("reference"));
+    let body: serde_json::Value = serde_json::from_str(messages[0].body().unwrap()).unwrap();
+    assert_eq!(body["id"], "evt_1QvSampleCheckout01");
+    assert_eq!(body["type"], "checkout.session.completed");
+}
+
+/// Counts the HTTP requests an SDK client sends: round trips, exactly.
+#[derive(Debug, Clone, Default)]
+struct CountRequests(Arc<AtomicUsize>);
+
+impl Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        _context: &BeforeTransmitInterceptorContextRef<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn exactly_one_sqs_round_trip_per_accepted_event_and_none_per_refusal() {
+    let plain = sqs(&endpoint()).await;
+    let url = fifo_queue(&plain, "round-trips").await;
+    let counter = CountRequests::default();
+    let config =
+        aws_sdk_sqs::config::Builder::from(&shared::aws::local_sdk_config(&endpoint()).await)
+            .interceptor(counter.clone())
+            .build();
+    let h = WebhookHandler::new(
+        verifier(),
+        SqsEventQueue::new(
+            aws_sdk_sqs::Client::from_conf(config),
+            &url,
+            DEFAULT_MAX_MESSAGE_BYTES,
+        ),
+        false,
+    );
+    let sent = || counter.0.load(Ordering::SeqCst);
+
+    assert_eq!(h.handle(&sample(), T).await.status_code, 200);
+    assert_eq!(sent(), 1);
+    assert_eq!(h.handle(&sample(), T).await.status_code, 200);
+    assert_eq!(
+        sent(),
+        2,
+        "a redelivery is one more call, collapsed by the queue"
+    );
+    assert_eq!(h.handle(&sample(), T + 301).await.status_code, 400);
+    assert_eq!(sent(), 2, "a refused delivery makes no call");
 }
 
 #[tokio::test]

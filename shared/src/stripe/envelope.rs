@@ -95,8 +95,7 @@ enum RawCustomer<'a> {
 
 impl EventEnvelope {
     pub fn parse(body: &[u8]) -> Result<Self, EnvelopeError> {
-        let raw: RawEnvelope<'_> =
-            serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+        let raw: RawEnvelope<'_> = serde_json::from_slice(body).map_err(not_json)?;
 
         let id = raw.id.ok_or(EnvelopeError::Missing("id"))?;
         let id = StripeEventId::parse(&id).map_err(|e| invalid("id", e))?;
@@ -137,6 +136,19 @@ impl EventEnvelope {
             },
         })
     }
+}
+
+/// Says what is wrong and where, without quoting the body: serde's messages can carry its values,
+/// and a payload must not reach a log or a response through an error.
+fn not_json(e: serde_json::Error) -> EnvelopeError {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Syntax => "malformed JSON",
+        Category::Eof => "truncated JSON",
+        Category::Data => "a known field has the wrong type, or the body is not an object",
+        Category::Io => "unreadable input",
+    };
+    EnvelopeError::NotJson(format!("{what} at line {} column {}", e.line(), e.column()))
 }
 
 fn invalid(field: &'static str, e: IdError) -> EnvelopeError {

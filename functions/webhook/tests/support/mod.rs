@@ -33,7 +33,7 @@ pub fn event_body(id: &str, event_type: &str, customer: Option<&str>, livemode: 
     serde_json::to_string_pretty(&json!({
         "id": id,
         "object": "event",
-        "api_version": "2026-07-29.basil",
+        "api_version": "2026-09-30.endive",
         "created": T,
         "data": { "object": {
             "id": "in_1QvTestInvoice",
