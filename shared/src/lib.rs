@@ -1,11 +1,14 @@
 //! The library every function stands on.
 //!
 //! - [`ids`]: identifiers that can only exist in a valid form.
-//! - [`stripe`]: webhook signature verification and the lean event envelope (pure, no I/O).
+//! - [`stripe`]: webhook signature verification, the lean event envelope and the lean objects
+//!   the processor acts on (pure, no I/O).
+//! - [`catalog`]: plans, credit packs and the rate card, from `catalog.toml`.
 //! - [`queue`]: the event queue port and its SQS / in-memory adapters.
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: what a function does once, at cold start.
 
 pub mod aws;
+pub mod catalog;
 pub mod config;
 pub mod ids;
 pub mod queue;

@@ -1,6 +1,7 @@
 //! Stripe webhooks, without I/O: signature verification and the lean event envelope.
 
 pub mod envelope;
+pub mod objects;
 pub mod signature;
 
 pub use envelope::{EnvelopeError, EventEnvelope};

@@ -1,0 +1,460 @@
+//! The billing catalog (`catalog.toml` at the repository root): plans, credit packs and the
+//! per-model rate card. Embedded in every binary and validated strictly at cold start, so a bad
+//! edit fails a deploy's first invocation loudly instead of mis-billing quietly.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use serde::Deserialize;
+
+/// The reviewed catalog, as built into this binary.
+pub const EMBEDDED_CATALOG: &str = include_str!("../../catalog.toml");
+
+/// The plan of an account without a subscription.
+pub const FREE_PLAN: &str = "free";
+
+const MAX_ID_LEN: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog.toml does not parse: {0}")]
+    Syntax(String),
+    #[error("catalog {entry}: `{field}` must not be negative")]
+    Negative { entry: String, field: &'static str },
+    #[error(
+        "catalog {entry}: the id must be 1 to {MAX_ID_LEN} characters of a-z, 0-9, `_` and `-`"
+    )]
+    InvalidId { entry: String },
+    #[error("catalog {entry}: the id is used twice")]
+    DuplicateId { entry: String },
+    #[error("catalog {entry}: Stripe price `{price_id}` is already used by {first}")]
+    DuplicatePrice {
+        entry: String,
+        price_id: String,
+        first: String,
+    },
+    #[error("catalog {entry}: `{price_id}` is not a Stripe price id (price_...)")]
+    InvalidPriceId { entry: String, price_id: String },
+    #[error("catalog: there must be a plan `free` with no Stripe prices and no overage")]
+    FreePlan,
+    #[error("catalog: `currency` must be a three-letter lower-case ISO code")]
+    Currency,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PlanId(String);
+
+impl PlanId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for PlanId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub id: PlanId,
+    pub name: String,
+    /// Units included in each billing period.
+    pub included_units: u64,
+    /// Whether usage beyond the allowance and credits is billed as overage (else it is uncovered).
+    pub overage: bool,
+    pub price_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreditPack {
+    pub id: String,
+    pub name: String,
+    pub price_id: String,
+    /// What the pack costs, in the catalog currency's minor unit.
+    pub amount: u64,
+    /// Units it grants.
+    pub credits: u64,
+}
+
+/// Units per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelRate {
+    pub input: u64,
+    pub output: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceUse<'a> {
+    Plan(&'a Plan),
+    CreditPack(&'a CreditPack),
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub currency: String,
+    plans: Vec<Plan>,
+    packs: Vec<CreditPack>,
+    default_rate: ModelRate,
+    rates: BTreeMap<String, ModelRate>,
+    /// Stripe price id → (is a plan, index).
+    prices: HashMap<String, (bool, usize)>,
+}
+
+// --- the file's shape: unknown fields are errors, numbers are read signed to name negatives ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    currency: String,
+    plans: Vec<RawPlan>,
+    #[serde(default)]
+    credit_packs: Vec<RawPack>,
+    rate_card: RawRateCard,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    id: String,
+    name: String,
+    included_units: i64,
+    overage: bool,
+    price_ids: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPack {
+    id: String,
+    name: String,
+    price_id: String,
+    amount: i64,
+    credits: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateCard {
+    default: RawRate,
+    #[serde(default)]
+    models: BTreeMap<String, RawRate>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRate {
+    input: i64,
+    output: i64,
+}
+
+fn non_negative(entry: &str, field: &'static str, value: i64) -> Result<u64, CatalogError> {
+    u64::try_from(value).map_err(|_| CatalogError::Negative {
+        entry: entry.to_owned(),
+        field,
+    })
+}
+
+fn valid_id(entry: &str, id: &str) -> Result<(), CatalogError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(CatalogError::InvalidId {
+            entry: entry.to_owned(),
+        })
+    }
+}
+
+impl RawRate {
+    fn validate(&self, entry: &str) -> Result<ModelRate, CatalogError> {
+        Ok(ModelRate {
+            input: non_negative(entry, "input", self.input)?,
+            output: non_negative(entry, "output", self.output)?,
+        })
+    }
+}
+
+impl Catalog {
+    /// The catalog built into this binary.
+    pub fn embedded() -> Result<Self, CatalogError> {
+        Self::parse(EMBEDDED_CATALOG)
+    }
+
+    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+        let raw: RawCatalog =
+            toml::from_str(text).map_err(|e| CatalogError::Syntax(e.to_string()))?;
+        if raw.currency.len() != 3 || !raw.currency.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(CatalogError::Currency);
+        }
+
+        let mut prices: HashMap<String, (bool, usize)> = HashMap::new();
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut claim = |entry: &str, price_id: &str, target: (bool, usize)| {
+            if !price_id.starts_with("price_") || price_id.len() > 128 {
+                return Err(CatalogError::InvalidPriceId {
+                    entry: entry.to_owned(),
+                    price_id: price_id.to_owned(),
+                });
+            }
+            if let Some(first) = owners.get(price_id) {
+                return Err(CatalogError::DuplicatePrice {
+                    entry: entry.to_owned(),
+                    price_id: price_id.to_owned(),
+                    first: first.clone(),
+                });
+            }
+            owners.insert(price_id.to_owned(), entry.to_owned());
+            prices.insert(price_id.to_owned(), target);
+            Ok(())
+        };
+
+        let mut plans = Vec::with_capacity(raw.plans.len());
+        for (i, p) in raw.plans.into_iter().enumerate() {
+            let entry = format!("plan `{}`", p.id);
+            valid_id(&entry, &p.id)?;
+            if plans.iter().any(|q: &Plan| q.id.0 == p.id) {
+                return Err(CatalogError::DuplicateId { entry });
+            }
+            for price in &p.price_ids {
+                claim(&entry, price, (true, i))?;
+            }
+            plans.push(Plan {
+                included_units: non_negative(&entry, "included_units", p.included_units)?,
+                id: PlanId(p.id),
+                name: p.name,
+                overage: p.overage,
+                price_ids: p.price_ids,
+            });
+        }
+        match plans.iter().find(|p| p.id.0 == FREE_PLAN) {
+            Some(free) if free.price_ids.is_empty() && !free.overage => {}
+            _ => return Err(CatalogError::FreePlan),
+        }
+
+        let mut packs = Vec::with_capacity(raw.credit_packs.len());
+        for (i, p) in raw.credit_packs.into_iter().enumerate() {
+            let entry = format!("credit pack `{}`", p.id);
+            valid_id(&entry, &p.id)?;
+            if packs.iter().any(|q: &CreditPack| q.id == p.id) {
+                return Err(CatalogError::DuplicateId { entry });
+            }
+            claim(&entry, &p.price_id, (false, i))?;
+            packs.push(CreditPack {
+                amount: non_negative(&entry, "amount", p.amount)?,
+                credits: non_negative(&entry, "credits", p.credits)?,
+                id: p.id,
+                name: p.name,
+                price_id: p.price_id,
+            });
+        }
+
+        let default_rate = raw.rate_card.default.validate("rate card default")?;
+        let rates = raw
+            .rate_card
+            .models
+            .iter()
+            .map(|(model, rate)| {
+                Ok((
+                    model.clone(),
+                    rate.validate(&format!("rate card model `{model}`"))?,
+                ))
+            })
+            .collect::<Result<_, CatalogError>>()?;
+
+        Ok(Self {
+            currency: raw.currency,
+            plans,
+            packs,
+            default_rate,
+            rates,
+            prices,
+        })
+    }
+
+    pub fn plans(&self) -> &[Plan] {
+        &self.plans
+    }
+
+    pub fn credit_packs(&self) -> &[CreditPack] {
+        &self.packs
+    }
+
+    pub fn free_plan(&self) -> &Plan {
+        // `parse` refuses a catalog without it.
+        self.plans
+            .iter()
+            .find(|p| p.id.0 == FREE_PLAN)
+            .unwrap_or(&self.plans[0])
+    }
+
+    pub fn plan(&self, id: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.id.0 == id)
+    }
+
+    pub fn credit_pack(&self, id: &str) -> Option<&CreditPack> {
+        self.packs.iter().find(|p| p.id == id)
+    }
+
+    /// What a Stripe price id is for, if the catalog knows it.
+    pub fn price(&self, price_id: &str) -> Option<PriceUse<'_>> {
+        self.prices.get(price_id).map(|&(is_plan, i)| {
+            if is_plan {
+                PriceUse::Plan(&self.plans[i])
+            } else {
+                PriceUse::CreditPack(&self.packs[i])
+            }
+        })
+    }
+
+    /// The plan a subscription's prices name: the first price that belongs to a plan.
+    pub fn plan_for_prices<'a>(
+        &self,
+        price_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Option<&Plan> {
+        price_ids.into_iter().find_map(|p| match self.price(p) {
+            Some(PriceUse::Plan(plan)) => Some(plan),
+            _ => None,
+        })
+    }
+
+    /// Units per token for `model` (the default rate for a model the card does not list).
+    pub fn rate(&self, model: &str) -> ModelRate {
+        self.rates.get(model).copied().unwrap_or(self.default_rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_catalog_is_valid() {
+        let c = Catalog::embedded().unwrap();
+        assert_eq!(c.free_plan().id.as_str(), "free");
+        assert_eq!(
+            c.plan_for_prices(["price_pro_monthly"])
+                .unwrap()
+                .id
+                .as_str(),
+            "pro"
+        );
+        assert_eq!(
+            c.plan_for_prices(["price_unknown", "price_enterprise_overage_volume"])
+                .unwrap()
+                .id
+                .as_str(),
+            "enterprise"
+        );
+        assert!(
+            matches!(c.price("price_credits_1m"), Some(PriceUse::CreditPack(p)) if p.credits == 1_000_000)
+        );
+        assert_eq!(
+            c.rate("gpt-4o"),
+            ModelRate {
+                input: 2,
+                output: 8
+            }
+        );
+        assert_eq!(
+            c.rate("some-new-model"),
+            ModelRate {
+                input: 1,
+                output: 1
+            }
+        );
+    }
+
+    fn with(edit: impl Fn(&str) -> String) -> Result<Catalog, CatalogError> {
+        Catalog::parse(&edit(EMBEDDED_CATALOG))
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let err =
+            with(|c| c.replace("overage = true", "overage = true\ndiscount = 5")).unwrap_err();
+        assert!(err.to_string().contains("discount"), "{err}");
+        let err = with(|c| c.replace("currency = \"usd\"", "currency = \"usd\"\ncolour = \"red\""))
+            .unwrap_err();
+        assert!(err.to_string().contains("colour"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_price_ids_name_both_entries() {
+        let err = with(|c| {
+            c.replace(
+                "price_id = \"price_credits_10m\"",
+                "price_id = \"price_pro_monthly\"",
+            )
+        })
+        .unwrap_err();
+        assert_eq!(
+            err,
+            CatalogError::DuplicatePrice {
+                entry: "credit pack `credits_large`".into(),
+                price_id: "price_pro_monthly".into(),
+                first: "plan `pro`".into(),
+            }
+        );
+    }
+
+    #[test]
+    fn negative_numbers_name_the_entry_and_field() {
+        let err =
+            with(|c| c.replace("included_units = 5_000_000", "included_units = -1")).unwrap_err();
+        assert_eq!(
+            err,
+            CatalogError::Negative {
+                entry: "plan `pro`".into(),
+                field: "included_units"
+            }
+        );
+        let err = with(|c| c.replace("amount = 9_000", "amount = -9_000")).unwrap_err();
+        assert_eq!(
+            err,
+            CatalogError::Negative {
+                entry: "credit pack `credits_large`".into(),
+                field: "amount"
+            }
+        );
+        let err = with(|c| c.replace("input = 3", "input = -3")).unwrap_err();
+        assert_eq!(
+            err,
+            CatalogError::Negative {
+                entry: "rate card model `claude-sonnet`".into(),
+                field: "input"
+            }
+        );
+    }
+
+    #[test]
+    fn other_mistakes_are_named() {
+        let err = with(|c| c.replace("id = \"enterprise\"", "id = \"pro\"")).unwrap_err();
+        assert_eq!(
+            err,
+            CatalogError::DuplicateId {
+                entry: "plan `pro`".into()
+            }
+        );
+        let err = with(|c| c.replace("id = \"free\"", "id = \"basic\"")).unwrap_err();
+        assert_eq!(err, CatalogError::FreePlan);
+        let err = with(|c| c.replace("\"price_pro_overage\"", "\"prod_pro_overage\"")).unwrap_err();
+        assert!(matches!(err, CatalogError::InvalidPriceId { .. }), "{err}");
+        let err =
+            with(|c| c.replace("id = \"credits_small\"", "id = \"Credits Small\"")).unwrap_err();
+        assert!(matches!(err, CatalogError::InvalidId { .. }), "{err}");
+        assert!(matches!(
+            with(|c| c.replace("currency = \"usd\"", "currency = \"US$\"")),
+            Err(CatalogError::Currency)
+        ));
+        assert!(matches!(
+            Catalog::parse("not toml ["),
+            Err(CatalogError::Syntax(_))
+        ));
+    }
+}
