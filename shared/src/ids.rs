@@ -21,6 +21,8 @@ pub enum IdError {
     },
     #[error("{kind} may contain only ASCII letters, digits and underscores")]
     InvalidCharacter { kind: &'static str },
+    #[error("account id may contain only ASCII letters, digits and `_ - . :`")]
+    InvalidAccountCharacter,
 }
 
 fn check(kind: &'static str, prefix: &'static str, value: &str) -> Result<(), IdError> {
@@ -97,6 +99,52 @@ id_type!(
     ""
 );
 
+/// The app's own id for a customer account (`acct_1`, `team-42`, a UUID).
+///
+/// 1 to 128 characters of ASCII letters, digits and `_ - . :`; never `#`, which separates the
+/// parts of a storage key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AccountId(String);
+
+impl AccountId {
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        const KIND: &str = "account id";
+        if value.is_empty() {
+            return Err(IdError::Empty { kind: KIND });
+        }
+        if value.len() > MAX_ID_LEN {
+            return Err(IdError::TooLong {
+                kind: KIND,
+                len: value.len(),
+            });
+        }
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+        {
+            return Err(IdError::InvalidAccountCharacter);
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<&str> for AccountId {
+    type Error = IdError;
+    fn try_from(value: &str) -> Result<Self, IdError> {
+        Self::parse(value)
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +191,21 @@ mod tests {
             StripeEventId::parse(&long),
             Err(IdError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    fn account_ids() {
+        assert!(AccountId::parse("acct_1").is_ok());
+        assert!(AccountId::parse("team-42.eu:prod").is_ok());
+        assert_eq!(
+            AccountId::parse("a#b"),
+            Err(IdError::InvalidAccountCharacter)
+        );
+        assert_eq!(
+            AccountId::parse(""),
+            Err(IdError::Empty { kind: "account id" })
+        );
+        assert!(AccountId::parse(&"a".repeat(129)).is_err());
     }
 
     proptest! {

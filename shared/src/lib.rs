@@ -8,10 +8,12 @@
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: what a function does once, at cold start.
 
 pub mod aws;
+pub mod billing;
 pub mod catalog;
 pub mod config;
 pub mod ids;
 pub mod queue;
 pub mod secrets;
+pub mod store;
 pub mod stripe;
 pub mod telemetry;

@@ -1,0 +1,309 @@
+//! What a Stripe event changes, decided without I/O. The processor resolves the account, then
+//! hands these writes to the store, which applies them with the processed-event marker in one
+//! transaction, each guarded by the ordering rules.
+
+use crate::billing::subscription::{SubscriptionState, SubscriptionStatus};
+use crate::catalog::Catalog;
+use crate::ids::AccountId;
+use crate::stripe::objects::{
+    CheckoutSession, EventData, Invoice, InvoiceEvent, StripeEvent, Subscription,
+};
+
+/// Metadata key the checkout flow sets on sessions, subscriptions and customers.
+pub const ACCOUNT_METADATA_KEY: &str = "account_id";
+/// Metadata key naming the credit pack a payment-mode checkout session sells.
+pub const CREDIT_PACK_METADATA_KEY: &str = "credit_pack";
+
+/// Where the event says its account is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountRef {
+    /// Named by the event itself (client reference or metadata): no lookup needed.
+    Known(AccountId),
+    /// Only the Stripe customer is named: the customer → account link is read.
+    Customer(String),
+    /// Neither: the event cannot be tied to an account.
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceRecord {
+    pub invoice_id: String,
+    pub number: Option<String>,
+    pub status: String,
+    pub amount_due: i64,
+    pub amount_paid: i64,
+    pub amount_remaining: i64,
+    pub currency: String,
+    pub hosted_invoice_url: Option<String>,
+    pub invoice_pdf: Option<String>,
+    pub period_start: i64,
+    pub period_end: i64,
+    pub subscription_id: Option<String>,
+}
+
+/// What an invoice event does to the invoice's dunning case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DunningChange {
+    None,
+    /// A payment attempt failed: open the case, or update its count and next retry.
+    Failed {
+        attempt_count: u32,
+        next_payment_attempt: Option<i64>,
+    },
+    /// Paid, voided or written off: the case (if any) is over.
+    Closed {
+        reason: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Remember which account a Stripe customer belongs to (idempotent).
+    LinkCustomer { customer_id: String },
+    /// Billing contact, for notifications. Versioned by event time.
+    CustomerProfile {
+        customer_id: String,
+        email: Option<String>,
+        name: Option<String>,
+        deleted: bool,
+    },
+    /// The account's subscription, plan and period. Versioned; an ended one never comes back.
+    Subscription(SubscriptionState),
+    /// An invoice the app can list, with its dunning case. Versioned per invoice, so a stale
+    /// `payment_failed` can never reopen a case that a newer `paid` closed.
+    Invoice(InvoiceRecord, DunningChange),
+    /// Grant a paid credit pack, once per payment (ledger entry and balance together).
+    GrantCredits {
+        grant_id: String,
+        pack_id: String,
+        credits: u64,
+        amount_paid: u64,
+    },
+    /// Take back the refunded share of a pack's unspent credits.
+    ClawBack {
+        grant_id: String,
+        amount_refunded: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effects {
+    pub account: AccountRef,
+    pub writes: Vec<Write>,
+    /// Worth an operator's attention (an alarm-worthy log), beyond what is written.
+    pub alert: Option<String>,
+}
+
+/// An event that can never be applied as it is: retrying will not help, so it is dead-lettered
+/// with this reason for an operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("no catalog plan uses any of the subscription's prices ({0})")]
+    UnknownPrices(String),
+    #[error("unknown subscription status `{0}`")]
+    UnknownStatus(String),
+    #[error("the subscription has no billing period")]
+    NoPeriod,
+    #[error("credit pack `{0}` is not in the catalog")]
+    UnknownCreditPack(String),
+    #[error("the account id in the event is invalid: {0}")]
+    InvalidAccount(String),
+}
+
+fn account_from(
+    metadata_value: Option<&str>,
+    customer: Option<&str>,
+) -> Result<AccountRef, PlanError> {
+    match (metadata_value, customer) {
+        (Some(a), _) => AccountId::parse(a)
+            .map(AccountRef::Known)
+            .map_err(|e| PlanError::InvalidAccount(e.to_string())),
+        (None, Some(c)) => Ok(AccountRef::Customer(c.to_owned())),
+        (None, None) => Ok(AccountRef::Unknown),
+    }
+}
+
+/// Decides the writes for `event`.
+pub fn plan_effects(event: &StripeEvent, catalog: &Catalog) -> Result<Effects, PlanError> {
+    let mut alert = None;
+    let (account, writes) = match &event.data {
+        EventData::CheckoutCompleted(s) | EventData::CheckoutAsyncPaymentSucceeded(s) => {
+            checkout(s, catalog)?
+        }
+        EventData::SubscriptionCreated(s) | EventData::SubscriptionUpdated(s) => {
+            subscription(s, None, catalog)?
+        }
+        EventData::SubscriptionDeleted(s) => {
+            subscription(s, Some(SubscriptionStatus::Canceled), catalog)?
+        }
+        EventData::Invoice(kind, i) => invoice(*kind, i)?,
+        EventData::CustomerCreated(c)
+        | EventData::CustomerUpdated(c)
+        | EventData::CustomerDeleted(c) => {
+            let deleted =
+                matches!(event.data, EventData::CustomerDeleted(_)) || c.deleted == Some(true);
+            let account = account_from(
+                c.metadata
+                    .as_ref()
+                    .and_then(|m| m.get(ACCOUNT_METADATA_KEY))
+                    .map(String::as_str),
+                Some(&c.id),
+            )?;
+            let mut writes = Vec::new();
+            if matches!(account, AccountRef::Known(_)) {
+                writes.push(Write::LinkCustomer {
+                    customer_id: c.id.clone(),
+                });
+            }
+            writes.push(Write::CustomerProfile {
+                customer_id: c.id.clone(),
+                email: c.email.clone().filter(|_| !deleted),
+                name: c.name.clone().filter(|_| !deleted),
+                deleted,
+            });
+            (account, writes)
+        }
+        EventData::ChargeRefunded(c) => {
+            let account = account_from(
+                c.metadata
+                    .as_ref()
+                    .and_then(|m| m.get(ACCOUNT_METADATA_KEY))
+                    .map(String::as_str),
+                c.customer_id(),
+            )?;
+            let writes = match c.payment_intent_id() {
+                Some(pi) => vec![Write::ClawBack {
+                    grant_id: pi.to_owned(),
+                    amount_refunded: u64::try_from(c.amount_refunded).unwrap_or(0),
+                }],
+                None => Vec::new(),
+            };
+            (account, writes)
+        }
+        EventData::MeterErrorReport(_) => {
+            alert = Some("Stripe reported meter events it could not apply".to_owned());
+            (AccountRef::Unknown, Vec::new())
+        }
+        EventData::Unhandled => (AccountRef::Unknown, Vec::new()),
+    };
+    Ok(Effects {
+        account,
+        writes,
+        alert,
+    })
+}
+
+fn checkout(s: &CheckoutSession, catalog: &Catalog) -> Result<(AccountRef, Vec<Write>), PlanError> {
+    let account = account_from(
+        s.client_reference_id
+            .as_deref()
+            .or(s.metadata(ACCOUNT_METADATA_KEY)),
+        s.customer_id(),
+    )?;
+    let mut writes = Vec::new();
+    if let Some(customer) = s.customer_id() {
+        writes.push(Write::LinkCustomer {
+            customer_id: customer.to_owned(),
+        });
+    }
+    // Asynchronous payment methods complete the session unpaid; their credits come with
+    // `checkout.session.async_payment_succeeded`.
+    if s.mode == "payment"
+        && s.payment_status == "paid"
+        && let Some(pack_id) = s.metadata(CREDIT_PACK_METADATA_KEY)
+    {
+        let pack = catalog
+            .credit_pack(pack_id)
+            .ok_or_else(|| PlanError::UnknownCreditPack(pack_id.to_owned()))?;
+        writes.push(Write::GrantCredits {
+            // The payment intent is what a refund names; a paid session always has one.
+            grant_id: s.payment_intent_id().unwrap_or(&s.id).to_owned(),
+            pack_id: pack.id.clone(),
+            credits: pack.credits,
+            amount_paid: s
+                .amount_total
+                .and_then(|a| u64::try_from(a).ok())
+                .unwrap_or(pack.amount),
+        });
+    }
+    Ok((account, writes))
+}
+
+fn subscription(
+    s: &Subscription,
+    forced_status: Option<SubscriptionStatus>,
+    catalog: &Catalog,
+) -> Result<(AccountRef, Vec<Write>), PlanError> {
+    let account = account_from(
+        s.metadata
+            .as_ref()
+            .and_then(|m| m.get(ACCOUNT_METADATA_KEY))
+            .map(String::as_str),
+        Some(s.customer.id()),
+    )?;
+    let status = match forced_status {
+        Some(st) => st,
+        None => SubscriptionStatus::parse(&s.status)
+            .ok_or_else(|| PlanError::UnknownStatus(s.status.clone()))?,
+    };
+    let plan = catalog
+        .plan_for_prices(s.price_ids())
+        .ok_or_else(|| PlanError::UnknownPrices(s.price_ids().collect::<Vec<_>>().join(", ")))?;
+    let (period_start, period_end) = s.current_period().ok_or(PlanError::NoPeriod)?;
+    let effective = if status.grants_plan() {
+        plan
+    } else {
+        catalog.free_plan()
+    };
+    let mut writes = Vec::new();
+    if matches!(account, AccountRef::Known(_)) {
+        writes.push(Write::LinkCustomer {
+            customer_id: s.customer.id().to_owned(),
+        });
+    }
+    writes.push(Write::Subscription(SubscriptionState {
+        subscription_id: s.id.clone(),
+        status,
+        plan: plan.id.clone(),
+        period_start,
+        period_end,
+        cancel_at_period_end: s.cancel_at_period_end,
+        effective_plan: effective.id.clone(),
+        included_units: effective.included_units,
+    }));
+    Ok((account, writes))
+}
+
+fn invoice(kind: InvoiceEvent, i: &Invoice) -> Result<(AccountRef, Vec<Write>), PlanError> {
+    let account = account_from(
+        i.subscription_metadata(ACCOUNT_METADATA_KEY),
+        i.customer_id(),
+    )?;
+    let dunning = match kind {
+        InvoiceEvent::PaymentFailed => DunningChange::Failed {
+            attempt_count: i.attempt_count.max(1),
+            next_payment_attempt: i.next_payment_attempt,
+        },
+        InvoiceEvent::Paid => DunningChange::Closed { reason: "paid" },
+        InvoiceEvent::Voided => DunningChange::Closed { reason: "voided" },
+        InvoiceEvent::MarkedUncollectible => DunningChange::Closed {
+            reason: "uncollectible",
+        },
+        InvoiceEvent::Created | InvoiceEvent::Finalized => DunningChange::None,
+    };
+    let record = InvoiceRecord {
+        invoice_id: i.id.clone(),
+        number: i.number.clone(),
+        status: i.status.clone().unwrap_or_else(|| "draft".to_owned()),
+        amount_due: i.amount_due,
+        amount_paid: i.amount_paid,
+        amount_remaining: i.amount_remaining,
+        currency: i.currency.clone(),
+        hosted_invoice_url: i.hosted_invoice_url.clone(),
+        invoice_pdf: i.invoice_pdf.clone(),
+        period_start: i.period_start,
+        period_end: i.period_end,
+        subscription_id: i.subscription_id().map(str::to_owned),
+    };
+    Ok((account, vec![Write::Invoice(record, dunning)]))
+}

@@ -1,0 +1,135 @@
+//! The billing store: where applied Stripe events and the account state they produce live.
+//!
+//! `apply` is the one write path of the processor: the processed-event marker and every write
+//! of the event commit together or not at all, each write guarded by the ordering rules. The
+//! DynamoDB adapter does it in one `TransactWriteItems`; the in-memory adapter keeps the same
+//! rules for in-process tests, and a shared test suite holds the two to the same answers.
+
+use std::future::Future;
+
+use crate::billing::{InvoiceRecord, Verdict, Write};
+use crate::ids::{AccountId, StripeEventId};
+
+pub mod dynamodb;
+pub mod memory;
+
+pub use dynamodb::DynamoDbBillingStore;
+
+pub use memory::InMemoryBillingStore;
+
+/// Processed-event markers outlive Stripe's 30-day resend window with margin. Nothing relies on
+/// TTL having deleted a marker: an expired-but-present marker still blocks a duplicate.
+pub const MARKER_TTL_SECS: i64 = 35 * 24 * 3600;
+
+/// The event being applied, as its marker records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    pub event_id: StripeEventId,
+    pub event_type: String,
+    pub created: i64,
+    pub account: Option<AccountId>,
+    /// When the processor handled it (Unix seconds); the marker expires 35 days later.
+    pub processed_at: i64,
+}
+
+/// How version conditions compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Only strictly newer state overwrites (`stored < created`).
+    Newer,
+    /// Resolving a same-second tie with the object fetched from Stripe (`stored <= created`).
+    TieBreak,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyResult {
+    /// Marker and writes committed.
+    Applied,
+    /// The marker already exists: this event was handled before; nothing changed.
+    Duplicate,
+    /// Write `index` lost to the stored state: nothing was committed.
+    Conflict { index: usize, verdict: Verdict },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Throttling, a transaction conflict, a concurrent change: the same call may succeed later.
+    #[error("the store is busy: {0:#}")]
+    Retryable(anyhow::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// The account as the app sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AccountView {
+    pub account_id: String,
+    pub customer_id: Option<String>,
+    pub email: Option<String>,
+    pub name: Option<String>,
+    /// The plan that applies now (`free` without a live subscription).
+    pub plan: String,
+    /// Units included per period, when the account has a plan record.
+    pub included_units: Option<u64>,
+    pub subscription: Option<SubscriptionView>,
+    pub credits: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionView {
+    pub subscription_id: String,
+    pub status: String,
+    pub plan: String,
+    pub period_start: i64,
+    pub period_end: i64,
+    pub cancel_at_period_end: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvoiceView {
+    pub record: InvoiceRecord,
+    pub dunning: Option<DunningView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DunningView {
+    /// `open`, or why it ended (`paid`, `voided`, `uncollectible`).
+    pub status: String,
+    pub failures: u32,
+    pub first_failed_at: i64,
+    pub next_payment_attempt: Option<i64>,
+}
+
+pub trait BillingStore {
+    /// Commits the marker (with `outcome`) and `writes` together, or reports why not.
+    fn apply(
+        &self,
+        event: &EventRecord,
+        outcome: &'static str,
+        writes: &[Write],
+        mode: WriteMode,
+    ) -> impl Future<Output = Result<ApplyResult, StoreError>> + Send;
+
+    /// The account a Stripe customer was linked to.
+    fn customer_account(
+        &self,
+        customer_id: &str,
+    ) -> impl Future<Output = Result<Option<AccountId>, StoreError>> + Send;
+
+    /// The outcome recorded for an event, if it was handled.
+    fn event_outcome(
+        &self,
+        event_id: &StripeEventId,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>> + Send;
+
+    fn account(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<Option<AccountView>, StoreError>> + Send;
+
+    /// The account's invoices, newest period first.
+    fn invoices(
+        &self,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<Vec<InvoiceView>, StoreError>> + Send;
+}
