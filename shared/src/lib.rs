@@ -10,6 +10,7 @@
 pub mod aws;
 pub mod billing;
 pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod ids;
 pub mod queue;

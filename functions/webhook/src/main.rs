@@ -32,14 +32,12 @@ async fn main() -> Result<(), Error> {
 
     lambda_runtime::run(service_fn(
         move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
-            Ok::<ApiGatewayV2httpResponse, Error>(handler.handle(&event.payload, unix_now()).await)
+            Ok::<ApiGatewayV2httpResponse, Error>(
+                handler
+                    .handle(&event.payload, shared::clock::unix_now())
+                    .await,
+            )
         },
     ))
     .await
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

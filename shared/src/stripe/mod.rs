@@ -1,5 +1,6 @@
 //! Stripe webhooks, without I/O: signature verification and the lean event envelope.
 
+pub mod api;
 pub mod envelope;
 pub mod objects;
 pub mod signature;

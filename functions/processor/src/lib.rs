@@ -1,0 +1,4 @@
+//! The Stripe event processor.
+
+pub mod config;
+pub mod handler;

@@ -1,0 +1,494 @@
+//! The processor in-process, over the in-memory store and a fake Stripe.
+
+mod support;
+
+use std::sync::Arc;
+
+use lambda_runtime::{Context, LambdaEvent};
+use processor::handler::Outcome;
+use proptest::prelude::*;
+use serde_json::json;
+use shared::ids::{AccountId, StripeEventId};
+use shared::store::BillingStore;
+use shared::stripe::api::ObjectKind;
+use support::*;
+
+fn account() -> AccountId {
+    AccountId::parse(ACCOUNT).unwrap()
+}
+
+#[tokio::test]
+async fn the_sample_batch_is_applied() {
+    let p = processor();
+    let sample: aws_lambda_events::event::sqs::SqsEvent =
+        serde_json::from_str(include_str!("../../../events/processor.json")).unwrap();
+    let event = LambdaEvent::new(sample, Context::default());
+    let response = p.handle_batch(&event.payload, NOW).await;
+    assert!(response.batch_item_failures.is_empty());
+    let view = p
+        .store()
+        .account(&AccountId::parse("acct_demo_1").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(view.plan, "pro");
+    assert_eq!(view.subscription.unwrap().status, "active");
+}
+
+#[tokio::test]
+async fn a_subscription_sets_plan_period_and_allowance_and_deletion_returns_to_free() {
+    let p = processor();
+    let created = event(
+        "evt_1",
+        "customer.subscription.created",
+        100,
+        subscription("sub_1", "active", "price_pro_monthly"),
+    );
+    assert_eq!(p.apply(&created, NOW).await.unwrap(), Outcome::Applied);
+    let view = p.store().account(&account()).await.unwrap().unwrap();
+    assert_eq!(
+        (view.plan.as_str(), view.included_units),
+        ("pro", Some(5_000_000))
+    );
+    let sub = view.subscription.unwrap();
+    assert_eq!((sub.period_start, sub.period_end), (NOW, NOW + 30 * 86_400));
+    assert_eq!(
+        p.store().customer_account(CUSTOMER).await.unwrap(),
+        Some(account())
+    );
+
+    let deleted = event(
+        "evt_2",
+        "customer.subscription.deleted",
+        200,
+        subscription("sub_1", "canceled", "price_pro_monthly"),
+    );
+    assert_eq!(p.apply(&deleted, NOW).await.unwrap(), Outcome::Applied);
+    let view = p.store().account(&account()).await.unwrap().unwrap();
+    assert_eq!(
+        (view.plan.as_str(), view.included_units),
+        ("free", Some(100_000))
+    );
+
+    // A stale update cannot bring the canceled subscription back.
+    let stale = event(
+        "evt_3",
+        "customer.subscription.updated",
+        300,
+        subscription("sub_1", "active", "price_pro_monthly"),
+    );
+    assert_eq!(p.apply(&stale, NOW).await.unwrap(), Outcome::Stale);
+    assert_eq!(
+        p.store().account(&account()).await.unwrap().unwrap().plan,
+        "free"
+    );
+}
+
+#[tokio::test]
+async fn invoices_open_and_close_the_dunning_case() {
+    let p = processor();
+    let failed = |id, t, n| event(id, "invoice.payment_failed", t, invoice("in_1", "open", n));
+    assert_eq!(
+        p.apply(&failed("evt_f1", 100, 1), NOW).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        p.apply(&failed("evt_f2", 200, 2), NOW).await.unwrap(),
+        Outcome::Applied
+    );
+    let invoices = p.store().invoices(&account()).await.unwrap();
+    let case = invoices[0].dunning.clone().unwrap();
+    assert_eq!(
+        (case.status.as_str(), case.failures, case.first_failed_at),
+        ("open", 2, 100)
+    );
+    assert_eq!(case.next_payment_attempt, Some(NOW + 3 * 86_400));
+
+    let paid = event("evt_p", "invoice.paid", 300, invoice("in_1", "paid", 3));
+    assert_eq!(p.apply(&paid, NOW).await.unwrap(), Outcome::Applied);
+    // Stripe's late redelivery of an earlier failure does not reopen it.
+    assert_eq!(
+        p.apply(&failed("evt_f3", 250, 3), NOW).await.unwrap(),
+        Outcome::Stale
+    );
+    let invoice = &p.store().invoices(&account()).await.unwrap()[0];
+    assert_eq!(invoice.record.status, "paid");
+    assert_eq!(invoice.dunning.as_ref().unwrap().status, "paid");
+}
+
+#[tokio::test]
+async fn credit_grant_and_refund_are_exact_under_duplication() {
+    let p = processor();
+    let credits = || async {
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .map_or(0, |a| a.credits)
+    };
+    let completed = event(
+        "evt_c1",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_1", "pi_1", true),
+    );
+    let succeeded = event(
+        "evt_c2",
+        "checkout.session.async_payment_succeeded",
+        101,
+        credit_checkout("cs_1", "pi_1", true),
+    );
+    for _ in 0..3 {
+        p.apply(&completed, NOW).await.unwrap();
+        p.apply(&succeeded, NOW).await.unwrap();
+    }
+    assert_eq!(
+        credits().await,
+        1_000_000,
+        "one grant per payment, whatever the deliveries"
+    );
+
+    let partial = event(
+        "evt_r1",
+        "charge.refunded",
+        200,
+        refunded_charge("pi_1", 400),
+    );
+    let full = event(
+        "evt_r2",
+        "charge.refunded",
+        300,
+        refunded_charge("pi_1", 1000),
+    );
+    for _ in 0..3 {
+        p.apply(&partial, NOW).await.unwrap();
+    }
+    assert_eq!(credits().await, 600_000);
+    p.apply(&full, NOW).await.unwrap();
+    p.apply(&partial, NOW).await.unwrap();
+    assert_eq!(credits().await, 0);
+}
+
+#[tokio::test]
+async fn an_unpaid_checkout_grants_nothing_until_the_payment_succeeds() {
+    let p = processor();
+    let unpaid = event(
+        "evt_u1",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_2", "pi_2", false),
+    );
+    p.apply(&unpaid, NOW).await.unwrap();
+    assert_eq!(
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .map_or(0, |a| a.credits),
+        0
+    );
+    let paid = event(
+        "evt_u2",
+        "checkout.session.async_payment_succeeded",
+        200,
+        credit_checkout("cs_2", "pi_2", true),
+    );
+    assert_eq!(p.apply(&paid, NOW).await.unwrap(), Outcome::Applied);
+    assert_eq!(
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        1_000_000
+    );
+}
+
+#[tokio::test]
+async fn unhandled_types_and_unknown_customers_are_recorded_and_acknowledged() {
+    let p = processor();
+    let other = event("evt_o", "product.created", 100, resource("product"));
+    assert_eq!(p.apply(&other, NOW).await.unwrap(), Outcome::Recorded);
+    assert_eq!(p.apply(&other, NOW).await.unwrap(), Outcome::Duplicate);
+    let mut stranger = resource("customer");
+    stranger["id"] = json!("cus_Stranger");
+    stranger["metadata"] = json!({});
+    let e = event("evt_s", "customer.updated", 100, stranger);
+    assert_eq!(p.apply(&e, NOW).await.unwrap(), Outcome::NoAccount);
+    let report = event(
+        "evt_m",
+        "billing.meter.error_report_triggered",
+        100,
+        resource("billing.meter"),
+    );
+    assert_eq!(p.apply(&report, NOW).await.unwrap(), Outcome::Recorded);
+    assert_eq!(
+        p.store()
+            .event_outcome(&StripeEventId::parse("evt_s").unwrap())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("no_account")
+    );
+}
+
+#[tokio::test]
+async fn a_same_second_tie_is_settled_by_stripes_current_object() {
+    let p = processor();
+    let a = event(
+        "evt_t1",
+        "customer.subscription.updated",
+        100,
+        subscription("sub_1", "active", "price_pro_monthly"),
+    );
+    let b = event(
+        "evt_t2",
+        "customer.subscription.updated",
+        100,
+        subscription("sub_1", "past_due", "price_pro_monthly"),
+    );
+    // Stripe says the subscription is past due now.
+    p.stripe().put_object(
+        ObjectKind::Subscription,
+        "sub_1",
+        subscription("sub_1", "past_due", "price_pro_monthly"),
+    );
+    assert_eq!(p.apply(&a, NOW).await.unwrap(), Outcome::Applied);
+    assert_eq!(p.apply(&b, NOW).await.unwrap(), Outcome::TieResolved);
+    assert_eq!(p.stripe().calls(), 1);
+    let sub = p
+        .store()
+        .account(&account())
+        .await
+        .unwrap()
+        .unwrap()
+        .subscription
+        .unwrap();
+    assert_eq!(sub.status, "past_due");
+
+    // The other order ends in the same state.
+    let q = processor();
+    q.stripe().put_object(
+        ObjectKind::Subscription,
+        "sub_1",
+        subscription("sub_1", "past_due", "price_pro_monthly"),
+    );
+    q.apply(&b, NOW).await.unwrap();
+    q.apply(&a, NOW).await.unwrap();
+    assert_eq!(
+        q.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .unwrap()
+            .subscription
+            .unwrap()
+            .status,
+        "past_due"
+    );
+}
+
+#[tokio::test]
+async fn a_poison_message_fails_its_group_only() {
+    let p = processor();
+    let good_a = event(
+        "evt_ga",
+        "customer.subscription.created",
+        100,
+        subscription("sub_1", "active", "price_pro_monthly"),
+    );
+    let good_b = event("evt_gb", "invoice.paid", 100, invoice("in_9", "paid", 1));
+    let batch = batch(vec![
+        message("m1", "cus_A", b"{ not json"),
+        message("m2", "cus_A", &good_a),
+        message("m3", "cus_B", &good_b),
+    ]);
+    let response = p.handle_batch(&batch, NOW).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    // The poison message and the later message of its group fail, in order; the other group is applied.
+    assert_eq!(failed, ["m1", "m2"]);
+    assert_eq!(p.store().invoices(&account()).await.unwrap().len(), 1);
+    assert!(
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .and_then(|a| a.subscription)
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_reference_is_fetched_from_stripe_and_a_failed_fetch_is_retried_without_effect() {
+    let p = processor();
+    let body = event(
+        "evt_big",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_3", "pi_3", true),
+    );
+    p.stripe().put_event("evt_big", body);
+    let mut m = message(
+        "m1",
+        CUSTOMER,
+        br#"{"id":"evt_big","object":"event","type":"checkout.session.completed"}"#,
+    );
+    m.message_attributes
+        .get_mut("payload")
+        .unwrap()
+        .string_value = Some("reference".into());
+    m.message_attributes
+        .get_mut("stripe_event_id")
+        .unwrap()
+        .string_value = Some("evt_big".into());
+
+    p.stripe().set_failing(true);
+    let response = p.handle_batch(&batch(vec![m.clone()]), NOW).await;
+    assert_eq!(
+        response.batch_item_failures.len(),
+        1,
+        "Stripe down: the message is retried"
+    );
+    assert_eq!(p.store().account(&account()).await.unwrap(), None);
+
+    p.stripe().set_failing(false);
+    assert!(
+        p.handle_batch(&batch(vec![m.clone()]), NOW)
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    // The batch response was lost after the write: SQS delivers it again, nothing doubles.
+    assert!(
+        p.handle_batch(&batch(vec![m]), NOW)
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    assert_eq!(
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        1_000_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_concurrent_deliveries_are_one_effect() {
+    let p = Arc::new(processor());
+    let body = Arc::new(event(
+        "evt_50",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_50", "pi_50", true),
+    ));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..50 {
+        let (p, body) = (Arc::clone(&p), Arc::clone(&body));
+        tasks.spawn(async move { p.apply(&body, NOW).await.unwrap() });
+    }
+    let mut applied = 0;
+    while let Some(outcome) = tasks.join_next().await {
+        if outcome.unwrap() == Outcome::Applied {
+            applied += 1;
+        }
+    }
+    assert_eq!(applied, 1);
+    assert_eq!(
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        1_000_000
+    );
+}
+
+/// A subscription's life: created incomplete, activated, upgraded, past due, recovered, canceled.
+fn lifecycle() -> Vec<(i64, &'static str, &'static str, &'static str)> {
+    vec![
+        (
+            100,
+            "customer.subscription.created",
+            "incomplete",
+            "price_pro_monthly",
+        ),
+        (
+            110,
+            "customer.subscription.updated",
+            "active",
+            "price_pro_monthly",
+        ),
+        (
+            120,
+            "customer.subscription.updated",
+            "active",
+            "price_enterprise_monthly",
+        ),
+        (
+            130,
+            "customer.subscription.updated",
+            "past_due",
+            "price_enterprise_monthly",
+        ),
+        (
+            140,
+            "customer.subscription.updated",
+            "active",
+            "price_enterprise_monthly",
+        ),
+        (
+            150,
+            "customer.subscription.deleted",
+            "canceled",
+            "price_enterprise_monthly",
+        ),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Any order, any duplication, any prefix of the life: the account ends in the state of the
+    /// latest event delivered.
+    #[test]
+    fn every_permutation_with_duplicates_leaves_the_latest_state(
+        len in 1usize..=6,
+        picks in proptest::collection::vec(0usize..6, 0..10),
+        seed in any::<u64>(),
+    ) {
+        let life: Vec<_> = lifecycle().into_iter().take(len).collect();
+        let mut deliveries: Vec<usize> = (0..life.len()).collect();
+        deliveries.extend(picks.into_iter().filter(|i| *i < life.len()));
+        // A deterministic shuffle from the seed.
+        let mut state = seed | 1;
+        for i in (1..deliveries.len()).rev() {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+            deliveries.swap(i, (state % (i as u64 + 1)) as usize);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let p = processor();
+        for i in &deliveries {
+            let (t, kind, status, price) = life[*i];
+            let body = event(&format!("evt_life{i}"), kind, t, subscription("sub_life", status, price));
+            rt.block_on(p.apply(&body, NOW)).unwrap();
+        }
+        let (_, _, status, price) = *life.last().unwrap();
+        let view = rt.block_on(p.store().account(&account())).unwrap().unwrap();
+        let sub = view.subscription.unwrap();
+        prop_assert_eq!(sub.status.as_str(), status);
+        let plan = if price == "price_pro_monthly" { "pro" } else { "enterprise" };
+        prop_assert_eq!(sub.plan.as_str(), plan);
+        let effective = if status == "canceled" || status == "incomplete" { "free" } else { plan };
+        prop_assert_eq!(view.plan.as_str(), effective);
+    }
+}
