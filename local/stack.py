@@ -32,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import stripe_sim  # noqa: E402
+from provision import client as provision_client  # noqa: E402
 from provision import provision  # noqa: E402
 from runtime import FunctionWorker, InvocationError, lambda_environment  # noqa: E402
 from template import ACCOUNT_ID, ROOT, Route, Template, load  # noqa: E402
@@ -83,6 +85,74 @@ def start_moto(settings: Settings) -> subprocess.Popen:
             time.sleep(0.1)
     proc.kill()
     raise SystemExit("the AWS endpoint did not start within 30 s")
+
+
+# --- SQS event source mapping ------------------------------------------------------------------
+
+
+class SqsPoller:
+    """Feeds a queue to a function the way Lambda's SQS event source does: batches, partial
+    batch failures (`batchItemFailures`), a failed message returning to the queue and, after the
+    queue's `maxReceiveCount`, SQS moving it to the dead-letter queue.
+
+    One local departure: a failed message becomes visible again after LOCAL_SQS_RETRY_SECONDS
+    (2 s), not after the queue's visibility timeout, so retries take seconds, not minutes."""
+
+    def __init__(self, template: Template, settings: "Settings", worker: FunctionWorker, source, stopping: threading.Event):
+        self.worker = worker
+        self.source = source
+        self.stopping = stopping
+        self.url = template.queue_url(source.queue)
+        self.arn = template.get_att(source.queue, "Arn")
+        self.retry_seconds = int(os.environ.get("LOCAL_SQS_RETRY_SECONDS", "2"))
+        self.sqs = provision_client("sqs", settings.aws_endpoint)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.poll_once()
+            except Exception as e:  # the endpoint restarting, a transient error: keep polling
+                log(f"SQS poller for {self.worker.fn.logical_id}: {e}")
+                time.sleep(1)
+
+    def poll_once(self) -> None:
+        got = self.sqs.receive_message(
+            QueueUrl=self.url, MaxNumberOfMessages=min(self.source.batch_size, 10), WaitTimeSeconds=1,
+            AttributeNames=["All"], MessageAttributeNames=["All"],
+        ).get("Messages", [])
+        if not got:
+            return
+        records = [
+            {
+                "messageId": m["MessageId"],
+                "receiptHandle": m["ReceiptHandle"],
+                "body": m["Body"],
+                "attributes": m.get("Attributes", {}),
+                "messageAttributes": {
+                    k: {"stringValue": v.get("StringValue"), "stringListValues": [], "binaryListValues": [], "dataType": v["DataType"]}
+                    for k, v in m.get("MessageAttributes", {}).items()
+                },
+                "md5OfBody": m.get("MD5OfBody", ""),
+                "eventSource": "aws:sqs",
+                "eventSourceARN": self.arn,
+                "awsRegion": "us-east-1",
+            }
+            for m in got
+        ]
+        try:
+            result = json.loads(self.worker.invoke(json.dumps({"Records": records}).encode()) or b"{}")
+            if self.source.report_batch_item_failures and isinstance(result, dict):
+                failed = {f.get("itemIdentifier") for f in result.get("batchItemFailures") or []}
+            else:
+                failed = set()
+        except InvocationError as e:
+            log(f"{self.worker.fn.logical_id} failed a batch of {len(got)}: {e.error_type}: {e.message}")
+            failed = {m["MessageId"] for m in got}
+        for m in got:
+            if m["MessageId"] in failed:
+                self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=self.retry_seconds)
+            else:
+                self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"])
 
 
 # --- API Gateway HTTP API (payload format 2.0) ---------------------------------------------------
@@ -161,9 +231,13 @@ class Stack:
         self.workers: dict[str, FunctionWorker] = {}
         self.servers: list[ThreadingHTTPServer] = []
         self.moto: subprocess.Popen | None = None
+        self.stopping = threading.Event()
 
     def function_env(self, logical_id: str) -> dict[str, str]:
-        return lambda_environment(self.functions[logical_id], self.settings.aws_endpoint)
+        env = lambda_environment(self.functions[logical_id], self.settings.aws_endpoint)
+        # Locally, Stripe is the simulator.
+        env["STRIPE_API_BASE"] = f"http://127.0.0.1:{self.settings.stripe_port}"
+        return env
 
     def start(self) -> None:
         s = self.settings
@@ -184,7 +258,17 @@ class Stack:
             self.workers[logical_id] = worker
             log(f"{logical_id} ready ({s.bin_dir / fn.binary})")
 
+        for fn in self.functions.values():
+            for source in fn.sqs_sources:
+                poller = SqsPoller(self.template, s, self.workers[fn.logical_id], source, self.stopping)
+                threading.Thread(target=poller.run, daemon=True, name=f"sqs-{fn.logical_id}").start()
+                log(f"{fn.logical_id} consumes {self.template.queue_name(source.queue)} (batches of {source.batch_size})")
+
         self.servers.append(serve(s.http_port, self.http_api_handler()))
+        webhook_url = f"http://127.0.0.1:{s.http_port}/webhooks/stripe"
+        self.stripe, stripe_server = stripe_sim.serve(s.stripe_port, webhook_url, s.webhook_secrets, stripe_sim.load_prices())
+        self.servers.append(stripe_server)
+        log(f"Stripe simulator on http://127.0.0.1:{s.stripe_port}, delivering webhooks to {webhook_url}")
         log(f"HTTP API on http://127.0.0.1:{s.http_port} ({', '.join(f'{r.method} {r.path}' for r in self.routes)})")
         self.servers.append(serve(s.lambda_port, self.invoke_api_handler()))
         log(f"Lambda Invoke API on http://127.0.0.1:{s.lambda_port} ({', '.join(self.functions)})")
@@ -200,6 +284,8 @@ class Stack:
             "LOCAL_HTTP_ENDPOINT": f"http://127.0.0.1:{s.http_port}",
             "LOCAL_LAMBDA_ENDPOINT": f"http://127.0.0.1:{s.lambda_port}",
             "WEBHOOK_URL": f"http://127.0.0.1:{s.http_port}/webhooks/stripe",
+            "LOCAL_STRIPE_ENDPOINT": f"http://127.0.0.1:{s.stripe_port}",
+            "STRIPE_API_KEY": "sk_test_local",
             "STRIPE_WEBHOOK_SECRET": ",".join(s.webhook_secrets),
             **{f"QUEUE_URL_{to_env(k)}": v for k, v in queues.items()},
             **{f"TABLE_NAME_{to_env(k)}": v for k, v in tables.items()},
@@ -211,6 +297,9 @@ class Stack:
         tmp.replace(s.state / "env")
 
     def stop(self) -> None:
+        self.stopping.set()
+        if getattr(self, "stripe", None):
+            self.stripe.stopping = True
         for server in self.servers:
             server.shutdown()
         for worker in self.workers.values():

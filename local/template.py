@@ -45,6 +45,13 @@ class Route:
 
 
 @dataclass
+class SqsSource:
+    queue: str  # logical id of the queue
+    batch_size: int
+    report_batch_item_failures: bool
+
+
+@dataclass
 class Function:
     logical_id: str
     binary: str
@@ -52,6 +59,7 @@ class Function:
     memory: int
     environment: dict
     routes: list[Route]
+    sqs_sources: list[SqsSource]
     raw: dict = field(repr=False)
 
 
@@ -176,11 +184,22 @@ class Template:
                 raise ValueError(f"template.yaml: {logical_id} has no Metadata.BuildProperties.Binary")
             env = dict(glob.get("Environment", {}).get("Variables", {}))
             env.update(props.get("Environment", {}).get("Variables", {}))
-            routes = []
+            routes, sqs_sources = [], []
             for event in props.get("Events", {}).values():
+                p = event.get("Properties", {})
                 if event.get("Type") == "HttpApi":
-                    p = event["Properties"]
                     routes.append(Route.of(p["Method"], p["Path"], logical_id))
+                elif event.get("Type") == "SQS":
+                    queue = p["Queue"]
+                    if not (isinstance(queue, dict) and "Fn::GetAtt" in queue):
+                        raise ValueError(f"template.yaml: {logical_id}'s SQS event must name its queue with !GetAtt Queue.Arn")
+                    target = queue["Fn::GetAtt"]
+                    queue_id = target[0] if isinstance(target, list) else target.split(".")[0]
+                    sqs_sources.append(SqsSource(
+                        queue=queue_id,
+                        batch_size=int(p.get("BatchSize", 10)),
+                        report_batch_item_failures="ReportBatchItemFailures" in p.get("FunctionResponseTypes", []),
+                    ))
             out.append(
                 Function(
                     logical_id=logical_id,
@@ -189,6 +208,7 @@ class Template:
                     memory=int(props.get("MemorySize", glob.get("MemorySize", 128))),
                     environment={k: str(self.resolve(v)) for k, v in env.items()},
                     routes=routes,
+                    sqs_sources=sqs_sources,
                     raw=res,
                 )
             )

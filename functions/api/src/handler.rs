@@ -1,0 +1,128 @@
+//! `GET /v1/accounts/{account_id}` and `GET /v1/accounts/{account_id}/invoices`, from the
+//! state the processor writes. IAM-authorised at the gateway; this code trusts the route.
+
+use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use lambda_http::aws_lambda_events::encodings::Body;
+use lambda_http::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+use serde_json::{Value, json};
+use shared::catalog::Catalog;
+use shared::ids::AccountId;
+use shared::store::{AccountView, BillingStore, InvoiceView};
+use tracing::error;
+
+pub struct ApiHandler<S> {
+    store: S,
+    catalog: Catalog,
+}
+
+impl<S: BillingStore> ApiHandler<S> {
+    pub fn new(store: S, catalog: Catalog) -> Self {
+        Self { store, catalog }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub async fn handle(&self, request: &ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
+        let route = request.route_key.as_deref().unwrap_or_default();
+        let Some(raw_id) = request.path_parameters.get("account_id") else {
+            return respond(
+                404,
+                json!({ "error": { "code": "not_found", "message": "no such route" } }),
+            );
+        };
+        let account = match AccountId::parse(raw_id) {
+            Ok(a) => a,
+            Err(e) => {
+                return respond(
+                    400,
+                    json!({ "error": { "code": "invalid_account_id", "message": e.to_string() } }),
+                );
+            }
+        };
+        let result = match route {
+            "GET /v1/accounts/{account_id}" => self.store.account(&account).await.map(|view| self.account_json(&account, view)),
+            "GET /v1/accounts/{account_id}/invoices" => self
+                .store
+                .invoices(&account)
+                .await
+                .map(|invoices| json!({ "object": "list", "data": invoices.iter().map(invoice_json).collect::<Vec<_>>() })),
+            _ => return respond(404, json!({ "error": { "code": "not_found", "message": "no such route" } })),
+        };
+        match result {
+            Ok(body) => respond(200, body),
+            Err(e) => {
+                error!(account_id = %account, error = %e, "reading the billing table failed");
+                respond(
+                    503,
+                    json!({ "error": { "code": "unavailable", "message": "try again" } }),
+                )
+            }
+        }
+    }
+
+    /// An account the backend has never seen is on the free plan.
+    fn account_json(&self, account: &AccountId, view: Option<AccountView>) -> Value {
+        let free = self.catalog.free_plan();
+        let view = view.unwrap_or_else(|| AccountView {
+            account_id: account.as_str().to_owned(),
+            plan: free.id.as_str().to_owned(),
+            ..AccountView::default()
+        });
+        let included = view
+            .included_units
+            .or_else(|| self.catalog.plan(&view.plan).map(|p| p.included_units))
+            .unwrap_or(free.included_units);
+        json!({
+            "object": "account",
+            "account_id": view.account_id,
+            "plan": view.plan,
+            "included_units": included,
+            "credits": view.credits,
+            "customer_id": view.customer_id,
+            "subscription": view.subscription.map(|s| json!({
+                "id": s.subscription_id,
+                "status": s.status,
+                "plan": s.plan,
+                "current_period_start": s.period_start,
+                "current_period_end": s.period_end,
+                "cancel_at_period_end": s.cancel_at_period_end,
+            })),
+        })
+    }
+}
+
+fn invoice_json(i: &InvoiceView) -> Value {
+    let r = &i.record;
+    json!({
+        "id": r.invoice_id,
+        "number": r.number,
+        "status": r.status,
+        "amount_due": r.amount_due,
+        "amount_paid": r.amount_paid,
+        "amount_remaining": r.amount_remaining,
+        "currency": r.currency,
+        "hosted_invoice_url": r.hosted_invoice_url,
+        "invoice_pdf": r.invoice_pdf,
+        "period_start": r.period_start,
+        "period_end": r.period_end,
+        "subscription_id": r.subscription_id,
+        "dunning": i.dunning.as_ref().map(|d| json!({
+            "status": d.status,
+            "failures": d.failures,
+            "first_failed_at": d.first_failed_at,
+            "next_payment_attempt": d.next_payment_attempt,
+        })),
+    })
+}
+
+fn respond(status: u16, body: Value) -> ApiGatewayV2httpResponse {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut response = ApiGatewayV2httpResponse::default();
+    response.status_code = i64::from(status);
+    response.headers = headers;
+    response.body = Some(Body::Text(body.to_string()));
+    response
+}

@@ -1,0 +1,3 @@
+//! The app-facing HTTP API.
+
+pub mod handler;

@@ -1,0 +1,26 @@
+//! Wiring only: telemetry, configuration, catalog, the DynamoDB client, then the runtime loop.
+
+use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
+use shared::catalog::Catalog;
+use shared::config::{ProcessEnv, required};
+use shared::store::DynamoDbBillingStore;
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Error> {
+    shared::telemetry::init();
+    let table = required(&ProcessEnv, "TABLE_NAME")?;
+    let catalog = Catalog::embedded()?;
+    let aws = shared::aws::sdk_config().await;
+    let handler = api::handler::ApiHandler::new(
+        DynamoDbBillingStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
+        catalog,
+    );
+    let handler = &handler;
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<ApiGatewayV2httpRequest>| async move {
+            Ok::<ApiGatewayV2httpResponse, Error>(handler.handle(&event.payload).await)
+        },
+    ))
+    .await
+}

@@ -1,0 +1,570 @@
+"""A local Stripe: the slice of Stripe's API this backend uses, stateful, signing and delivering
+webhooks. What it fakes is listed in local/STRIPE_SIMULATOR.md.
+
+It speaks Stripe's wire format: form-encoded requests (`metadata[k]=v`, `line_items[0][price]=`),
+`Authorization: Bearer sk_...`, `Idempotency-Key` with Stripe's semantics, `Stripe-Version`,
+Stripe-shaped JSON errors, and objects in Stripe's current shapes (built from Stripe's own
+fixtures). Control endpoints under `/_sim/` drive what a customer or time would do.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import random
+import secrets as pysecrets
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import stripe as stripe_lib
+
+FIXTURES = json.loads(
+    (Path(__file__).resolve().parent.parent / "shared" / "tests" / "fixtures" / "stripe-objects.json").read_text()
+)["resources"]
+API_VERSION = "2026-09-30.endive"
+DAY = 86_400
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.body = status, {"error": {"type": type_, "message": message, "code": code, "param": param}}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{pysecrets.token_hex(12)}"
+
+
+def parse_form(body: str) -> dict:
+    """`a[b][0][c]=v` → {"a": {"b": [{"c": "v"}]}}, as Stripe reads it."""
+    out: dict = {}
+    for key, value in urllib.parse.parse_qsl(body, keep_blank_values=True):
+        parts = [key.split("[", 1)[0]] + [p.rstrip("]") for p in key.split("[")[1:]]
+        node = out
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            nxt = None if last else parts[i + 1]
+            container_for_next = [] if nxt is not None and (nxt.isdigit() or nxt == "") else {}
+            if isinstance(node, list):
+                idx = len(node) if part == "" else int(part)
+                while len(node) <= idx:
+                    node.append(None)
+                if last:
+                    node[idx] = value
+                else:
+                    if node[idx] is None:
+                        node[idx] = container_for_next
+                    node = node[idx]
+            else:
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, container_for_next)
+    return out
+
+
+class StripeSimulator:
+    def __init__(self, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict]):
+        self.webhook_url = webhook_url
+        self.signing_secrets = signing_secrets
+        self.prices = prices  # price id -> {"kind": recurring|metered|one_time, "unit_amount": int}
+        self.lock = threading.RLock()
+        self.objects: dict[str, dict] = {}
+        self.events: list[dict] = []
+        self.idempotency: dict[str, tuple[str, int, bytes]] = {}
+        self.meter_events: dict[str, dict] = {}
+        self.faults: list[dict] = []
+        self.delivery = {"duplicate": 0, "reorder": False, "delay_ms": 0}
+        self.clock_offset = 0
+        self.pending: list[dict] = []
+        self.wake = threading.Condition(self.lock)
+        self.deliveries: list[dict] = []  # what was delivered, for tests and the demo
+        self.stopping = False
+        threading.Thread(target=self._deliver_forever, daemon=True, name="stripe-webhooks").start()
+
+    # --- clock and events -----------------------------------------------------------------------
+
+    def now(self) -> int:
+        return int(time.time()) + self.clock_offset
+
+    def emit(self, event_type: str, obj: dict, previous: dict | None = None) -> dict:
+        event = copy.deepcopy(FIXTURES["event"])
+        event.update(
+            id=new_id("evt"), type=event_type, created=self.now(), livemode=False,
+            api_version=API_VERSION, pending_webhooks=1,
+            data={"object": copy.deepcopy(obj), **({"previous_attributes": previous} if previous else {})},
+            request={"id": new_id("req"), "idempotency_key": None},
+        )
+        with self.lock:
+            self.events.append(event)
+            self.pending.append(event)
+            self.wake.notify()
+        return event
+
+    # --- webhook delivery -----------------------------------------------------------------------
+
+    def _deliver_forever(self) -> None:
+        while not self.stopping:
+            with self.lock:
+                while not self.pending and not self.stopping:
+                    self.wake.wait(0.5)
+                batch, self.pending = self.pending, []
+                settings = dict(self.delivery)
+            if settings["reorder"]:
+                random.Random(len(self.events)).shuffle(batch)
+            for event in batch:
+                for _ in range(1 + int(settings["duplicate"])):
+                    if settings["delay_ms"]:
+                        time.sleep(settings["delay_ms"] / 1000)
+                    self._deliver(event)
+
+    def _deliver(self, event: dict) -> None:
+        body = json.dumps(event, indent=2)
+        delay = 0.25
+        for attempt in range(1, 7):
+            t = self.now()
+            # One v1 per live secret, as Stripe signs during a rotation.
+            sigs = [stripe_lib.WebhookSignature.generate_signature_header(body, s, timestamp=t).split(",v1=")[1] for s in self.signing_secrets]
+            header = f"t={t}," + ",".join(f"v1={s}" for s in sigs)
+            req = urllib.request.Request(self.webhook_url, data=body.encode(), method="POST", headers={
+                "Content-Type": "application/json; charset=utf-8", "Stripe-Signature": header,
+                "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"})
+            status = 0
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    status = r.status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                status = 0
+            with self.lock:
+                self.deliveries.append({"event": event["id"], "type": event["type"], "attempt": attempt, "status": status})
+            if 200 <= status < 300:
+                return
+            time.sleep(delay)
+            delay *= 2
+
+    def drained(self, timeout: float = 30) -> bool:
+        """True once every event emitted so far has been delivered (or given up on)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                delivered = {d["event"] for d in self.deliveries}
+                if not self.pending and all(e["id"] in delivered for e in self.events):
+                    return True
+            time.sleep(0.05)
+        return False
+
+    # --- objects ----------------------------------------------------------------------------------
+
+    def get(self, obj_id: str, kind: str) -> dict:
+        obj = self.objects.get(obj_id)
+        if obj is None or obj.get("object") != kind:
+            raise ApiError(404, f"No such {kind}: '{obj_id}'", code="resource_missing", param="id")
+        return obj
+
+    def price(self, price_id: str) -> dict:
+        if price_id not in self.prices:
+            raise ApiError(400, f"No such price: '{price_id}'", code="resource_missing", param="line_items")
+        return self.prices[price_id]
+
+    def create_customer(self, params: dict) -> dict:
+        c = copy.deepcopy(FIXTURES["customer"])
+        c.update(id=new_id("cus"), created=self.now(), livemode=False, email=params.get("email"),
+                 name=params.get("name"), metadata=params.get("metadata", {}), balance=0, delinquent=False)
+        self.objects[c["id"]] = c
+        self.emit("customer.created", c)
+        return c
+
+    def update_customer(self, c: dict, params: dict) -> dict:
+        for k in ("email", "name"):
+            if k in params:
+                c[k] = params[k]
+        c["metadata"] = {**c.get("metadata", {}), **params.get("metadata", {})}
+        self.emit("customer.updated", c)
+        return c
+
+    def create_session(self, params: dict) -> dict:
+        mode = params.get("mode")
+        if mode not in ("payment", "subscription"):
+            raise ApiError(400, "mode must be payment or subscription", param="mode")
+        items = params.get("line_items") or []
+        if not items or not items[0].get("price"):
+            raise ApiError(400, "line_items[0][price] is required", param="line_items")
+        for item in items:
+            self.price(item["price"])
+        if params.get("customer"):
+            self.get(params["customer"], "customer")
+        s = copy.deepcopy(FIXTURES["checkout.session"])
+        sid = f"cs_test_{pysecrets.token_hex(16)}"
+        amount = sum(self.price(i["price"])["unit_amount"] * int(i.get("quantity", 1)) for i in items)
+        s.update(
+            id=sid, object="checkout.session", mode=mode, status="open", payment_status="unpaid",
+            customer=params.get("customer"), client_reference_id=params.get("client_reference_id"),
+            metadata=params.get("metadata", {}), success_url=params.get("success_url"),
+            cancel_url=params.get("cancel_url"), url=f"http://127.0.0.1/checkout/{sid}",
+            amount_total=amount, amount_subtotal=amount, currency="usd", created=self.now(),
+            expires_at=self.now() + DAY, livemode=False, payment_intent=None, subscription=None, invoice=None,
+        )
+        s["_line_items"] = items
+        s["_subscription_metadata"] = (params.get("subscription_data") or {}).get("metadata", {})
+        s["_payment_metadata"] = (params.get("payment_intent_data") or {}).get("metadata", {})
+        self.objects[sid] = s
+        return s
+
+    def complete_session(self, s: dict, payment: str) -> dict:
+        if s["status"] != "open":
+            raise ApiError(400, "This Checkout Session is not open", code="checkout_session_not_open")
+        if not s.get("customer"):
+            s["customer"] = self.create_customer({"email": "customer@example.com", "metadata": s.get("metadata", {})})["id"]
+        s["status"] = "complete"
+        if s["mode"] == "subscription":
+            sub = self.create_subscription(s["customer"], s["_line_items"], s["_subscription_metadata"])
+            s.update(subscription=sub["id"], payment_status="paid", invoice=sub["latest_invoice"])
+            self.emit("checkout.session.completed", public(s))
+        else:
+            pi, charge = self.create_payment(s["customer"], s["amount_total"], s["_payment_metadata"], paid=payment != "async")
+            s["payment_intent"] = pi
+            s["payment_status"] = "paid" if payment != "async" else "unpaid"
+            self.emit("checkout.session.completed", public(s))
+            if payment == "async":
+                s["payment_status"] = "paid"
+                self.objects[charge]["paid"] = True
+                self.emit("checkout.session.async_payment_succeeded", public(s))
+        return s
+
+    def create_payment(self, customer: str, amount: int, metadata: dict, paid: bool) -> tuple[str, str]:
+        pi = copy.deepcopy(FIXTURES["payment_intent"])
+        pi.update(id=new_id("pi"), amount=amount, currency="usd", customer=customer, metadata=metadata,
+                  status="succeeded", created=self.now(), livemode=False)
+        ch = copy.deepcopy(FIXTURES["charge"])
+        ch.update(id=new_id("ch"), amount=amount, amount_captured=amount, amount_refunded=0, currency="usd",
+                  customer=customer, payment_intent=pi["id"], metadata=metadata, paid=paid, refunded=False,
+                  status="succeeded", created=self.now(), livemode=False)
+        pi["latest_charge"] = ch["id"]
+        self.objects[pi["id"]], self.objects[ch["id"]] = pi, ch
+        return pi["id"], ch["id"]
+
+    def create_subscription(self, customer: str, items: list[dict], metadata: dict) -> dict:
+        sub = copy.deepcopy(FIXTURES["subscription"])
+        start = self.now()
+        item_template = sub["items"]["data"][0]
+        sub_items = []
+        for it in items:
+            si = copy.deepcopy(item_template)
+            si.update(id=new_id("si"), current_period_start=start, current_period_end=start + 30 * DAY, quantity=int(it.get("quantity", 1)))
+            si["price"] = {**copy.deepcopy(item_template["price"]), "id": it["price"]}
+            sub_items.append(si)
+        sub.update(id=new_id("sub"), customer=customer, status="active", metadata=metadata, created=start,
+                   start_date=start, cancel_at_period_end=False, canceled_at=None, ended_at=None,
+                   cancel_at=None, livemode=False)
+        sub["items"] = {**sub["items"], "data": sub_items, "url": f"/v1/subscription_items?subscription={sub['id']}"}
+        self.objects[sub["id"]] = sub
+        self.emit("customer.subscription.created", sub)
+        invoice = self.create_invoice(sub, fail=False)
+        sub["latest_invoice"] = invoice["id"]
+        return sub
+
+    def create_invoice(self, sub: dict, fail: bool) -> dict:
+        inv = copy.deepcopy(FIXTURES["invoice"])
+        amount = sum(self.price(i["price"]["id"])["unit_amount"] for i in sub["items"]["data"] if self.price(i["price"]["id"])["kind"] == "recurring")
+        period = sub["items"]["data"][0]
+        number = f"SIM-{len([o for o in self.objects.values() if o.get('object') == 'invoice']) + 1:04d}"
+        inv.update(
+            id=new_id("in"), customer=sub["customer"], subscription=None, status="draft", number=number,
+            amount_due=amount, amount_paid=0, amount_remaining=amount, total=amount, subtotal=amount,
+            currency="usd", attempt_count=0, attempted=False, created=self.now(),
+            period_start=period["current_period_start"], period_end=period["current_period_end"],
+            hosted_invoice_url=None, invoice_pdf=None, next_payment_attempt=None, livemode=False,
+            billing_reason="subscription_cycle",
+            parent={"type": "subscription_details", "quote_details": None,
+                    "subscription_details": {"subscription": sub["id"], "metadata": sub.get("metadata", {})}},
+        )
+        self.objects[inv["id"]] = inv
+        self.emit("invoice.created", inv)
+        inv.update(status="open", hosted_invoice_url=f"https://invoice.stripe.com/i/{inv['id']}",
+                   invoice_pdf=f"https://pay.stripe.com/invoice/{inv['id']}/pdf")
+        self.emit("invoice.finalized", inv)
+        if fail:
+            self.fail_invoice(inv)
+        else:
+            self.pay_invoice(inv)
+        return inv
+
+    def pay_invoice(self, inv: dict) -> dict:
+        if inv["status"] == "paid":
+            raise ApiError(400, "Invoice is already paid", code="invoice_already_paid")
+        inv.update(status="paid", amount_paid=inv["amount_due"], amount_remaining=0, attempted=True,
+                   attempt_count=inv["attempt_count"] + 1, next_payment_attempt=None)
+        self.emit("invoice.paid", inv)
+        sub = self.objects.get(inv["parent"]["subscription_details"]["subscription"])
+        if sub and sub["status"] in ("past_due", "unpaid"):
+            previous = {"status": sub["status"]}
+            sub["status"] = "active"
+            self.emit("customer.subscription.updated", sub, previous)
+        return inv
+
+    def fail_invoice(self, inv: dict) -> dict:
+        if inv["status"] != "open":
+            raise ApiError(400, f"Invoice is {inv['status']}", code="invoice_not_open")
+        inv.update(attempted=True, attempt_count=inv["attempt_count"] + 1)
+        # Stripe's Smart Retries: a few days later, up to four attempts.
+        inv["next_payment_attempt"] = self.now() + 3 * DAY if inv["attempt_count"] < 4 else None
+        self.emit("invoice.payment_failed", inv)
+        sub = self.objects.get(inv["parent"]["subscription_details"]["subscription"])
+        if sub and sub["status"] == "active":
+            sub["status"] = "past_due"
+            self.emit("customer.subscription.updated", sub, {"status": "active"})
+        return inv
+
+    def cancel_subscription(self, sub: dict) -> dict:
+        if sub["status"] == "canceled":
+            raise ApiError(400, "This subscription is already canceled", code="resource_missing")
+        sub.update(status="canceled", canceled_at=self.now(), ended_at=self.now())
+        self.emit("customer.subscription.deleted", sub)
+        return sub
+
+    def update_subscription(self, sub: dict, params: dict) -> dict:
+        previous = {}
+        if "cancel_at_period_end" in params:
+            previous["cancel_at_period_end"] = sub["cancel_at_period_end"]
+            sub["cancel_at_period_end"] = params["cancel_at_period_end"] == "true"
+        if "metadata" in params:
+            previous["metadata"] = sub.get("metadata", {})
+            sub["metadata"] = {**sub.get("metadata", {}), **params["metadata"]}
+        self.emit("customer.subscription.updated", sub, previous)
+        return sub
+
+    def refund(self, params: dict) -> dict:
+        charge_id = params.get("charge")
+        if not charge_id and params.get("payment_intent"):
+            charge_id = self.get(params["payment_intent"], "payment_intent")["latest_charge"]
+        charge = self.get(charge_id or "", "charge")
+        amount = int(params.get("amount", charge["amount"] - charge["amount_refunded"]))
+        if amount <= 0 or charge["amount_refunded"] + amount > charge["amount"]:
+            raise ApiError(400, "Refund amount exceeds what is refundable", code="amount_too_large", param="amount")
+        charge["amount_refunded"] += amount
+        charge["refunded"] = charge["amount_refunded"] == charge["amount"]
+        refund = copy.deepcopy(FIXTURES["refund"])
+        refund.update(id=new_id("re"), amount=amount, charge=charge["id"], payment_intent=charge["payment_intent"],
+                      currency="usd", status="succeeded", created=self.now())
+        self.objects[refund["id"]] = refund
+        self.emit("charge.refunded", charge)
+        return refund
+
+    def meter_event(self, params: dict) -> dict:
+        identifier = params.get("identifier") or new_id("mev")
+        for field in ("event_name",):
+            if not params.get(field):
+                raise ApiError(400, f"Missing required param: {field}.", param=field)
+        payload = params.get("payload") or {}
+        if "stripe_customer_id" not in payload or "value" not in payload:
+            raise ApiError(400, "payload needs stripe_customer_id and value", param="payload")
+        with self.lock:
+            if identifier in self.meter_events:
+                # Stripe ignores a meter event whose identifier it has seen (within 24 hours).
+                return self.meter_events[identifier]
+            ev = copy.deepcopy(FIXTURES["billing.meter_event"])
+            ev.update(identifier=identifier, event_name=params["event_name"], payload=payload,
+                      timestamp=int(params.get("timestamp", self.now())), created=self.now(), livemode=False)
+            self.meter_events[identifier] = ev
+            return ev
+
+    def list_events(self, query: dict) -> dict:
+        limit = min(int(query.get("limit", 10)), 100)
+        gte = int(query.get("created[gte]", 0))
+        events = [e for e in reversed(self.events) if e["created"] >= gte]  # newest first, as Stripe lists
+        if query.get("starting_after"):
+            ids = [e["id"] for e in events]
+            if query["starting_after"] in ids:
+                events = events[ids.index(query["starting_after"]) + 1:]
+        page = events[:limit]
+        return {"object": "list", "data": page, "has_more": len(events) > limit, "url": "/v1/events"}
+
+    # --- routing ----------------------------------------------------------------------------------
+
+    def route(self, method: str, path: str, params: dict, query: dict) -> tuple[int, dict]:
+        p = path.rstrip("/").split("/")[1:]  # e.g. ["v1", "customers", "cus_1"]
+        with self.lock:
+            if p[:1] == ["_sim"]:
+                return 200, self.control(method, p[1:], params)
+            if p[:1] != ["v1"]:
+                raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
+            r = p[1:]
+            match method, r:
+                case "POST", ["customers"]:
+                    return 200, self.create_customer(params)
+                case "GET", ["customers", cid]:
+                    return 200, self.get(cid, "customer")
+                case "POST", ["customers", cid]:
+                    return 200, self.update_customer(self.get(cid, "customer"), params)
+                case "POST", ["checkout", "sessions"]:
+                    return 200, public(self.create_session(params))
+                case "GET", ["checkout", "sessions", sid]:
+                    return 200, public(self.get(sid, "checkout.session"))
+                case "GET", ["subscriptions", sid]:
+                    return 200, self.get(sid, "subscription")
+                case "POST", ["subscriptions", sid]:
+                    return 200, self.update_subscription(self.get(sid, "subscription"), params)
+                case "DELETE", ["subscriptions", sid]:
+                    return 200, self.cancel_subscription(self.get(sid, "subscription"))
+                case "GET", ["invoices", iid]:
+                    return 200, self.get(iid, "invoice")
+                case "POST", ["invoices", iid, "pay"]:
+                    return 200, self.pay_invoice(self.get(iid, "invoice"))
+                case "GET", ["invoices"]:
+                    data = [o for o in self.objects.values() if o.get("object") == "invoice" and o.get("customer") == query.get("customer")]
+                    return 200, {"object": "list", "data": data[::-1], "has_more": False, "url": "/v1/invoices"}
+                case "POST", ["billing_portal", "sessions"]:
+                    return 200, self.portal_session(params)
+                case "POST", ["billing", "meter_events"]:
+                    return 200, self.meter_event(params)
+                case "POST", ["refunds"]:
+                    return 200, self.refund(params)
+                case "GET", ["events"]:
+                    return 200, self.list_events(query)
+                case "GET", ["events", eid]:
+                    for e in self.events:
+                        if e["id"] == eid:
+                            return 200, e
+                    raise ApiError(404, f"No such event: '{eid}'", code="resource_missing", param="id")
+            raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
+
+    def portal_session(self, params: dict) -> dict:
+        customer = self.get(params.get("customer", ""), "customer")
+        s = copy.deepcopy(FIXTURES["billing_portal.session"])
+        sid = new_id("bps")
+        s.update(id=sid, customer=customer["id"], return_url=params.get("return_url"),
+                 url=f"http://127.0.0.1/portal/{sid}", created=self.now(), livemode=False)
+        return s
+
+    def control(self, method: str, p: list[str], body: dict) -> dict:
+        match p:
+            case ["checkout", "sessions", sid, "complete"]:
+                return public(self.complete_session(self.get(sid, "checkout.session"), body.get("payment", "succeeds")))
+            case ["subscriptions", sid, "renew"]:
+                # A new billing period: its invoice is paid, or fails when asked to.
+                sub = self.get(sid, "subscription")
+                for item in sub["items"]["data"]:
+                    item["current_period_start"] = item["current_period_end"]
+                    item["current_period_end"] += 30 * DAY
+                self.emit("customer.subscription.updated", sub, {"items": "period"})
+                return self.create_invoice(sub, fail=body.get("fail") in (True, "true"))
+            case ["invoices", iid, "fail"]:
+                return self.fail_invoice(self.get(iid, "invoice"))
+            case ["invoices", iid, "pay"]:
+                return self.pay_invoice(self.get(iid, "invoice"))
+            case ["faults"]:
+                # {"method": "GET", "path": "/v1/events", "status": 429, "times": 2}
+                self.faults.append({"method": body.get("method"), "path": body["path"],
+                                    "status": int(body.get("status", 500)), "times": int(body.get("times", 1))})
+                return {"faults": self.faults}
+            case ["delivery"]:
+                self.delivery.update({k: body[k] for k in ("duplicate", "reorder", "delay_ms") if k in body})
+                return self.delivery
+            case ["clock", "advance"]:
+                self.clock_offset += int(body.get("seconds", 0))
+                return {"now": self.now()}
+            case ["deliveries"]:
+                return {"deliveries": self.deliveries}
+            case ["drain"]:
+                return {"drained": self.drained(float(body.get("timeout", 30)))}
+        raise ApiError(404, f"Unknown simulator control: {'/'.join(p)}")
+
+    def take_fault(self, method: str, path: str) -> int | None:
+        with self.lock:
+            for f in self.faults:
+                if f["times"] > 0 and path.startswith(f["path"]) and f["method"] in (None, method):
+                    f["times"] -= 1
+                    return f["status"]
+        return None
+
+
+def public(obj: dict) -> dict:
+    """The object as the API shows it: without the simulator's own bookkeeping."""
+    return {k: v for k, v in obj.items() if not k.startswith("_")}
+
+
+def make_handler(sim: StripeSimulator):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def respond(self, status: int, body: dict | bytes, extra: dict | None = None) -> None:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Request-Id", new_id("req"))
+            self.send_header("Stripe-Version", self.headers.get("Stripe-Version") or API_VERSION)
+            for k, v in (extra or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def handle_any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length).decode() if length else ""
+            url = urllib.parse.urlsplit(self.path)
+            query = dict(urllib.parse.parse_qsl(url.query))
+            control = url.path.startswith("/_sim/")
+            if not control:
+                auth = self.headers.get("Authorization", "")
+                if not auth.startswith("Bearer sk_test_") and not auth.startswith("Bearer rk_test_"):
+                    return self.respond(401, {"error": {"type": "invalid_request_error",
+                                                        "message": "Invalid API Key provided (the simulator takes test-mode keys)."}})
+                fault = sim.take_fault(self.command, url.path)
+                if fault:
+                    return self.respond(fault, {"error": {"type": "api_error" if fault >= 500 else "rate_limit_error",
+                                                          "message": f"Injected {fault} from the simulator."}},
+                                        {"Stripe-Should-Retry": "true"})
+            try:
+                params = json.loads(raw or "{}") if control else parse_form(raw)
+            except ValueError:
+                return self.respond(400, {"error": {"type": "invalid_request_error", "message": "Malformed body."}})
+            key = self.headers.get("Idempotency-Key")
+            fingerprint = hashlib.sha256(f"{self.command} {url.path} {raw}".encode()).hexdigest()
+            if key and self.command == "POST" and not control:
+                with sim.lock:
+                    seen = sim.idempotency.get(key)
+                if seen:
+                    if seen[0] != fingerprint:
+                        return self.respond(400, {"error": {"type": "idempotency_error",
+                            "message": "Keys for idempotent requests can only be used with the same parameters they were first used with."}})
+                    return self.respond(seen[1], seen[2], {"Idempotent-Replayed": "true"})
+            try:
+                status, body = sim.route(self.command, url.path, params, query)
+            except ApiError as e:
+                status, body = e.status, e.body
+            data = json.dumps(body).encode()
+            # Stripe keeps the first answer to a key for 24 hours, errors included (but not 5xx).
+            if key and self.command == "POST" and not control and status < 500:
+                with sim.lock:
+                    sim.idempotency.setdefault(key, (fingerprint, status, data))
+            self.respond(status, data)
+
+        do_GET = do_POST = do_DELETE = lambda self: self.handle_any()  # noqa: E731
+
+    return Handler
+
+
+def load_prices(path: Path = Path(__file__).resolve().parent / "stripe-prices.toml") -> dict[str, dict]:
+    import tomllib
+
+    return tomllib.loads(path.read_text())["prices"]
+
+
+def serve(port: int, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict]) -> tuple[StripeSimulator, ThreadingHTTPServer]:
+    sim = StripeSimulator(webhook_url, signing_secrets, prices)
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(sim))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True, name="stripe-sim").start()
+    return sim, server
