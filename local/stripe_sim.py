@@ -80,7 +80,7 @@ class StripeSimulator:
         self.idempotency: dict[str, tuple[str, int, bytes]] = {}
         self.meter_events: dict[str, dict] = {}
         self.faults: list[dict] = []
-        self.delivery = {"duplicate": 0, "reorder": False, "delay_ms": 0}
+        self.delivery = {"duplicate": 0, "reorder": False, "delay_ms": 0, "paused": False}
         self.clock_offset = 0
         self.pending: list[dict] = []
         self.wake = threading.Condition(self.lock)
@@ -112,7 +112,7 @@ class StripeSimulator:
     def _deliver_forever(self) -> None:
         while not self.stopping:
             with self.lock:
-                while not self.pending and not self.stopping:
+                while (not self.pending or self.delivery["paused"]) and not self.stopping:
                     self.wake.wait(0.5)
                 batch, self.pending = self.pending, []
                 settings = dict(self.delivery)
@@ -128,7 +128,9 @@ class StripeSimulator:
         body = json.dumps(event, indent=2)
         delay = 0.25
         for attempt in range(1, 7):
-            t = self.now()
+            # Signed at the real time of delivery (the endpoint checks it against its clock),
+            # whatever the simulated clock says the event's `created` is.
+            t = int(time.time())
             # One v1 per live secret, as Stripe signs during a rotation.
             sigs = [stripe_lib.WebhookSignature.generate_signature_header(body, s, timestamp=t).split(",v1=")[1] for s in self.signing_secrets]
             header = f"t={t}," + ",".join(f"v1={s}" for s in sigs)
@@ -391,6 +393,9 @@ class StripeSimulator:
 
     def route(self, method: str, path: str, params: dict, query: dict) -> tuple[int, dict]:
         p = path.rstrip("/").split("/")[1:]  # e.g. ["v1", "customers", "cus_1"]
+        if p == ["_sim", "drain"]:
+            # Waits for the delivery thread, so it must not hold the lock that thread needs.
+            return 200, {"drained": self.drained(float(params.get("timeout", 20)))}
         with self.lock:
             if p[:1] == ["_sim"]:
                 return 200, self.control(method, p[1:], params)
@@ -466,15 +471,14 @@ class StripeSimulator:
                                     "status": int(body.get("status", 500)), "times": int(body.get("times", 1))})
                 return {"faults": self.faults}
             case ["delivery"]:
-                self.delivery.update({k: body[k] for k in ("duplicate", "reorder", "delay_ms") if k in body})
+                self.delivery.update({k: body[k] for k in ("duplicate", "reorder", "delay_ms", "paused") if k in body})
+                self.wake.notify()
                 return self.delivery
             case ["clock", "advance"]:
                 self.clock_offset += int(body.get("seconds", 0))
                 return {"now": self.now()}
             case ["deliveries"]:
                 return {"deliveries": self.deliveries}
-            case ["drain"]:
-                return {"drained": self.drained(float(body.get("timeout", 30)))}
         raise ApiError(404, f"Unknown simulator control: {'/'.join(p)}")
 
     def take_fault(self, method: str, path: str) -> int | None:

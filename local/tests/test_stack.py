@@ -5,51 +5,17 @@ touches a stack started by `make up`. Uses the binaries in LOCAL_BIN_DIR (target
 """
 
 import json
-import os
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import boto3
-import pytest
 import stripe
+from conftest import read_env
 
 from template import ROOT
-from with_aws import free_port
 
-STACK = ROOT / "local" / "stack.py"
 SAMPLE = json.loads((ROOT / "events" / "webhook.json").read_text())
-
-
-def read_env(path: Path) -> dict:
-    out = {}
-    for line in path.read_text().splitlines():
-        k, v = line.split("=", 1)
-        out[k] = v.strip("'")
-    return out
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    state = tmp_path_factory.mktemp("state")
-    env = dict(
-        os.environ,
-        LOCAL_AWS_PORT=str(free_port()),
-        LOCAL_HTTP_PORT=str(free_port()),
-        LOCAL_LAMBDA_PORT=str(free_port()),
-        LOCAL_STATE_DIR=str(state),
-        LOCAL_BIN_DIR=os.environ.get("LOCAL_BIN_DIR", str(ROOT / "target" / "debug")),
-        STRIPE_WEBHOOK_SECRET="whsec_old_local,whsec_new_local",
-    )
-    subprocess.run([sys.executable, str(STACK), "up"], env=env, check=True, timeout=180)
-    try:
-        yield read_env(state / "env"), state
-    finally:
-        subprocess.run([sys.executable, str(STACK), "down"], env=env, check=True, timeout=60)
-        assert not (state / "env").exists()
 
 
 def post(url: str, body: bytes, headers: dict) -> tuple[int, object, dict]:

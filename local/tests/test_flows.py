@@ -1,0 +1,150 @@
+"""Stripe flows end to end on the local stack: the simulator's webhooks go through the webhook,
+the queue and the processor, and the API shows the result."""
+
+import json
+import uuid
+
+import boto3
+from conftest import Stripe, eventually, http
+
+
+def api(env, path):
+    return http("GET", env["LOCAL_HTTP_ENDPOINT"] + path)
+
+
+def account_where(env, account, predicate, what):
+    def check():
+        status, body = api(env, f"/v1/accounts/{account}")
+        return body if status == 200 and predicate(body) else None
+    return eventually(check, what=what)
+
+
+def subscribe(stripe: Stripe, account: str, price: str = "price_pro_monthly") -> dict:
+    status, customer = stripe.call("POST", "/v1/customers", {"email": f"{account}@example.com", "metadata[account_id]": account})
+    assert status == 200, customer
+    status, session = stripe.call("POST", "/v1/checkout/sessions", {
+        "mode": "subscription", "customer": customer["id"], "client_reference_id": account,
+        "line_items[0][price]": price, "line_items[0][quantity]": "1",
+        "subscription_data[metadata][account_id]": account, "metadata[account_id]": account,
+        "success_url": "https://app.example.com/ok", "cancel_url": "https://app.example.com/cancel",
+    }, idempotency_key=f"checkout-{account}")
+    assert status == 200, session
+    return stripe.sim(f"checkout/sessions/{session['id']}/complete")
+
+
+def test_checkout_subscription_and_paid_invoice_show_on_the_account(stack):
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    session = subscribe(stripe, account)
+    body = account_where(env, account, lambda b: b["plan"] == "pro", "the pro plan")
+    assert body["included_units"] == 5_000_000
+    assert body["subscription"]["id"] == session["subscription"]
+    assert body["subscription"]["status"] == "active"
+    status, invoices = eventually(lambda: (lambda r: r if r[1]["data"] else None)(api(env, f"/v1/accounts/{account}/invoices")), what="an invoice")
+    assert invoices["data"][0]["status"] == "paid"
+    assert invoices["data"][0]["amount_paid"] == 4900
+
+
+def test_idempotency_keys_replay_the_first_answer(stack):
+    env, _ = stack
+    stripe = Stripe(env)
+    first = stripe.call("POST", "/v1/customers", {"email": "a@example.com"}, idempotency_key="same-key")
+    again = stripe.call("POST", "/v1/customers", {"email": "a@example.com"}, idempotency_key="same-key")
+    assert first == again
+    status, err = stripe.call("POST", "/v1/customers", {"email": "b@example.com"}, idempotency_key="same-key")
+    assert status == 400 and err["error"]["type"] == "idempotency_error"
+
+
+def test_a_credit_pack_is_granted_once_and_refunds_claw_back_exactly(stack):
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    # Every event delivered three times.
+    stripe.sim("delivery", {"duplicate": 2})
+    try:
+        status, session = stripe.call("POST", "/v1/checkout/sessions", {
+            "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m",
+            "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
+            "payment_intent_data[metadata][account_id]": account,
+        })
+        assert status == 200, session
+        done = stripe.sim(f"checkout/sessions/{session['id']}/complete")
+        account_where(env, account, lambda b: b["credits"] == 1_000_000, "the credits")
+        assert stripe.call("POST", "/v1/refunds", {"payment_intent": done["payment_intent"], "amount": "400"})[0] == 200
+        account_where(env, account, lambda b: b["credits"] == 600_000, "the partial clawback")
+        assert stripe.call("POST", "/v1/refunds", {"payment_intent": done["payment_intent"]})[0] == 200
+        account_where(env, account, lambda b: b["credits"] == 0, "the full clawback")
+        assert stripe.sim("drain")["drained"]
+    finally:
+        stripe.sim("delivery", {"duplicate": 0})
+    assert api(env, f"/v1/accounts/{account}")[1]["credits"] == 0
+
+
+def test_a_lifecycle_delivered_twice_and_out_of_order_ends_in_stripes_state(stack):
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    stripe.sim("delivery", {"duplicate": 1, "reorder": True})
+    try:
+        session = subscribe(stripe, account)
+        sub = session["subscription"]
+        stripe.sim("clock/advance", {"seconds": 30 * 86_400})
+        failing = stripe.sim(f"subscriptions/{sub}/renew", {"fail": True})
+        stripe.sim("clock/advance", {"seconds": 3 * 86_400})
+        stripe.sim(f"invoices/{failing['id']}/pay")
+        stripe.sim("clock/advance", {"seconds": 86_400})
+        assert stripe.call("DELETE", f"/v1/subscriptions/{sub}")[0] == 200
+        assert stripe.sim("drain")["drained"]
+    finally:
+        stripe.sim("delivery", {"duplicate": 0, "reorder": False})
+    body = account_where(env, account, lambda b: b["subscription"] and b["subscription"]["status"] == "canceled", "the cancellation")
+    assert body["plan"] == "free"
+    _, invoices = api(env, f"/v1/accounts/{account}/invoices")
+    renewal = next(i for i in invoices["data"] if i["id"] == failing["id"])
+    assert renewal["status"] == "paid"
+    # Whichever of payment_failed and paid arrived first, the case is not open: a payment_failed
+    # delivered after the payment is stale and changes nothing.
+    assert renewal["dunning"] is None or renewal["dunning"]["status"] == "paid"
+
+
+def test_a_large_event_queued_by_reference_is_fetched_through_429s(stack):
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    stripe.sim("delivery", {"paused": True})
+    try:
+        status, customer = stripe.call("POST", "/v1/customers", {"email": f"{account}@example.com", "name": "Ref", "metadata[account_id]": account})
+        assert status == 200
+        event = next(e for e in stripe.call("GET", "/v1/events?limit=20")[1]["data"] if e["data"]["object"]["id"] == customer["id"])
+        stripe.sim("faults", {"method": "GET", "path": f"/v1/events/{event['id']}", "status": 429, "times": 2})
+        sqs = boto3.client("sqs", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
+                           aws_access_key_id="testing", aws_secret_access_key="testing")
+        attr = lambda v: {"DataType": "String", "StringValue": v}  # noqa: E731
+        sqs.send_message(
+            QueueUrl=env["QUEUE_URL_EVENTS_QUEUE"], MessageGroupId=customer["id"], MessageDeduplicationId=event["id"],
+            MessageBody=json.dumps({"id": event["id"], "object": "event", "type": event["type"]}),
+            MessageAttributes={"stripe_event_id": attr(event["id"]), "stripe_event_type": attr(event["type"]), "payload": attr("reference")},
+        )
+        body = account_where(env, account, lambda b: b["customer_id"] == customer["id"], "the fetched customer event")
+        assert body["account_id"] == account
+        faults = stripe.sim("faults", {"method": "GET", "path": "/nothing", "times": 0})["faults"]
+        assert all(f["times"] == 0 for f in faults if f["path"].startswith("/v1/events/"))
+    finally:
+        stripe.sim("delivery", {"paused": False})
+
+
+def test_a_poison_message_is_dead_lettered_and_its_neighbours_applied(stack):
+    env, _ = stack
+    sqs = boto3.client("sqs", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    poison_id = f"poison-{uuid.uuid4().hex[:8]}"
+    sqs.send_message(QueueUrl=env["QUEUE_URL_EVENTS_QUEUE"], MessageGroupId="cus_poison", MessageDeduplicationId=poison_id,
+                     MessageBody="{ this is not an event")
+    subscribe(stripe, account)
+    account_where(env, account, lambda b: b["plan"] == "pro", "the neighbour's subscription")
+
+    def in_dlq():
+        got = sqs.receive_message(QueueUrl=env["QUEUE_URL_EVENTS_DEAD_LETTER_QUEUE"], MaxNumberOfMessages=10,
+                                  AttributeNames=["All"], VisibilityTimeout=0).get("Messages", [])
+        return [m for m in got if m["Attributes"].get("MessageDeduplicationId") == poison_id]
+    dead = eventually(in_dlq, timeout=60, what="the poison message in the dead-letter queue")
+    assert dead[0]["Body"] == "{ this is not an event"
+    assert int(dead[0]["Attributes"]["ApproximateReceiveCount"]) >= 5
