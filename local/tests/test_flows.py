@@ -2,7 +2,9 @@
 the queue and the processor, and the API shows the result."""
 
 import json
+import time
 import uuid
+from pathlib import Path
 
 import boto3
 from conftest import Stripe, eventually, http
@@ -148,3 +150,28 @@ def test_a_poison_message_is_dead_lettered_and_its_neighbours_applied(stack):
     dead = eventually(in_dlq, timeout=60, what="the poison message in the dead-letter queue")
     assert dead[0]["Body"] == "{ this is not an event"
     assert int(dead[0]["Attributes"]["ApproximateReceiveCount"]) >= 5
+
+
+def test_replay_requeues_stripes_events_and_changes_nothing_twice(stack):
+    import os
+    import subprocess
+
+    from template import ROOT
+
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    subscribe(stripe, account)
+    before = account_where(env, account, lambda b: b["plan"] == "pro", "the subscription")
+    assert stripe.sim("drain")["drained"]
+    binary = Path(os.environ.get("LOCAL_BIN_DIR", ROOT / "target" / "debug")) / "replay"
+    run_env = {
+        **os.environ, "AWS_ENDPOINT_URL": env["LOCAL_AWS_ENDPOINT"], "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "EVENTS_QUEUE_URL": env["QUEUE_URL_EVENTS_QUEUE"], "STRIPE_API_KEY": env["STRIPE_API_KEY"],
+        "STRIPE_API_BASE": env["LOCAL_STRIPE_ENDPOINT"], "LOG_FORMAT": "text",
+    }
+    for _ in range(2):
+        out = subprocess.run([str(binary), "--since", "0"], env=run_env, check=True, capture_output=True, text=True, timeout=60)
+        assert "queued" in out.stdout and "skipped 0" in out.stdout, out.stdout
+    time.sleep(3)  # let the processor drain what was queued
+    assert api(env, f"/v1/accounts/{account}")[1] == before

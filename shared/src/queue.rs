@@ -52,6 +52,25 @@ pub struct QueuedEvent {
 }
 
 impl QueuedEvent {
+    /// The queue message for a verified event: inline when it fits, else by reference.
+    pub fn for_event(
+        envelope: crate::stripe::EventEnvelope,
+        body: String,
+        max_inline_body_bytes: usize,
+    ) -> Self {
+        let payload = if body.len() <= max_inline_body_bytes {
+            EventPayload::Inline(body)
+        } else {
+            EventPayload::Reference
+        };
+        Self {
+            group: envelope.message_group().clone(),
+            event_id: envelope.id,
+            event_type: envelope.event_type,
+            payload,
+        }
+    }
+
     /// The message body: the event itself, or a minimal event naming the one to fetch.
     pub fn body(&self) -> String {
         match &self.payload {

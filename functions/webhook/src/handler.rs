@@ -9,7 +9,7 @@ use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV
 use lambda_http::aws_lambda_events::encodings::Body;
 use lambda_http::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use serde_json::json;
-use shared::queue::{EventPayload, EventQueue, QueuedEvent};
+use shared::queue::{EventQueue, QueuedEvent};
 use shared::stripe::{EnvelopeError, EventEnvelope, SignatureError, WebhookVerifier};
 use tracing::{error, info, warn};
 
@@ -141,20 +141,10 @@ impl<Q: EventQueue> WebhookHandler<Q> {
             });
         }
 
-        let payload = if body.len() <= self.queue.max_inline_body_bytes() {
-            // The envelope parsed, so the body is valid UTF-8 JSON: this moves it without copying.
-            let text = String::from_utf8(body)
-                .map_err(|_| EnvelopeError::NotJson("the body is not UTF-8".to_owned()))?;
-            EventPayload::Inline(text)
-        } else {
-            EventPayload::Reference
-        };
-        let event = QueuedEvent {
-            group: envelope.message_group().clone(),
-            event_id: envelope.id,
-            event_type: envelope.event_type,
-            payload,
-        };
+        // The envelope parsed, so the body is valid UTF-8 JSON: this moves it without copying.
+        let body = String::from_utf8(body)
+            .map_err(|_| EnvelopeError::NotJson("the body is not UTF-8".to_owned()))?;
+        let event = QueuedEvent::for_event(envelope, body, self.queue.max_inline_body_bytes());
         self.queue
             .enqueue(&event)
             .await

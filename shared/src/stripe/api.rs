@@ -55,19 +55,38 @@ pub trait StripeApi {
         kind: ObjectKind,
         id: &str,
     ) -> impl Future<Output = Result<serde_json::Value, StripeApiError>> + Send;
+
+    /// `GET /v1/events?created[gte]=..&starting_after=..&limit=100`.
+    fn events_since(
+        &self,
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> impl Future<Output = Result<EventPage, StripeApiError>> + Send;
 }
 
 /// A GET whose response is kept as JSON: the processor parses it with its own lean types.
 struct RawGet {
     path: String,
+    query: Option<serde_json::Value>,
 }
 
 impl StripeRequest for RawGet {
     type Output = miniserde::json::Value;
 
     fn build(&self) -> RequestBuilder {
-        RequestBuilder::new(StripeMethod::Get, self.path.as_str())
+        let request = RequestBuilder::new(StripeMethod::Get, self.path.as_str());
+        match &self.query {
+            Some(q) => request.query(q),
+            None => request,
+        }
     }
+}
+
+/// One page of `GET /v1/events`, newest first (Stripe's order).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventPage {
+    pub events: Vec<serde_json::Value>,
+    pub has_more: bool,
 }
 
 #[derive(Clone)]
@@ -97,7 +116,16 @@ impl RealStripe {
     }
 
     async fn get(&self, path: String, what: String) -> Result<serde_json::Value, StripeApiError> {
-        let value = RawGet { path }
+        self.get_with(path, None, what).await
+    }
+
+    async fn get_with(
+        &self,
+        path: String,
+        query: Option<serde_json::Value>,
+        what: String,
+    ) -> Result<serde_json::Value, StripeApiError> {
+        let value = RawGet { path, query }
             .customize()
             .send(&self.client)
             .await
@@ -128,6 +156,24 @@ impl StripeApi for RealStripe {
             format!("{} {id}", kind.path()),
         )
         .await
+    }
+
+    async fn events_since(
+        &self,
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> Result<EventPage, StripeApiError> {
+        let mut query = serde_json::json!({ "created": { "gte": created_gte }, "limit": 100 });
+        if let Some(after) = starting_after {
+            query["starting_after"] = serde_json::Value::from(after);
+        }
+        let page = self
+            .get_with("/events".into(), Some(query), "events".into())
+            .await?;
+        Ok(EventPage {
+            has_more: page["has_more"].as_bool().unwrap_or(false),
+            events: page["data"].as_array().cloned().unwrap_or_default(),
+        })
     }
 }
 
@@ -199,5 +245,37 @@ impl StripeApi for FakeStripe {
             .get(&(kind, id.to_owned()))
             .cloned()
             .ok_or_else(|| StripeApiError::NotFound(format!("{} {id}", kind.path())))
+    }
+
+    async fn events_since(
+        &self,
+        created_gte: i64,
+        starting_after: Option<&str>,
+    ) -> Result<EventPage, StripeApiError> {
+        let mut s = self.lock();
+        s.calls += 1;
+        if s.failing {
+            return Err(StripeApiError::Failed("injected failure".into()));
+        }
+        let mut all: Vec<serde_json::Value> = s
+            .events
+            .values()
+            .filter_map(|raw| serde_json::from_slice::<serde_json::Value>(raw).ok())
+            .filter(|e| e["created"].as_i64().unwrap_or(0) >= created_gte)
+            .collect();
+        all.sort_by(|a, b| {
+            b["created"]
+                .as_i64()
+                .cmp(&a["created"].as_i64())
+                .then(b["id"].as_str().cmp(&a["id"].as_str()))
+        });
+        let start = starting_after
+            .and_then(|after| all.iter().position(|e| e["id"] == after).map(|i| i + 1))
+            .unwrap_or(0);
+        let rest = &all[start.min(all.len())..];
+        Ok(EventPage {
+            has_more: rest.len() > 100,
+            events: rest.iter().take(100).cloned().collect(),
+        })
     }
 }
