@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""The demo: Stripe's side of a customer's first days, played against the local stack.
+"""The demo: a customer's first months, played against the local stack.
 
-Starts the stack if it is not running (and stops it afterwards), signs realistic Stripe events the
-way Stripe does, delivers them to the webhook (one twice, one tampered with, one replayed late,
-one signed by a stranger, one from live mode), then shows what was queued and what was refused.
+Starts the stack if it is not running (and stops it afterwards). Through the local Stripe, a
+customer subscribes (checkout → subscription → invoice paid), buys credits and gets a partial
+refund, has a payment fail and recover, with every webhook delivered twice and out of order;
+the app-facing API shows the account after each step. Then forged, tampered, replayed and
+live-mode deliveries are refused at the webhook.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -95,32 +98,132 @@ def read_env(path: Path) -> dict:
     return dict(line.split("=", 1) for line in path.read_text().splitlines())
 
 
-def play(env: dict) -> None:
-    print(f"\nDelivering Stripe events to {env['WEBHOOK_URL']}\n")
-    print(f"  {'what happens':<30} {'event':<20} {'type':<30} answer")
-    for what, body, signature in story(int(time.time())):
+def stripe_call(env: dict, method: str, path: str, params: dict | None = None) -> dict:
+    body = urllib.parse.urlencode(params or {}).encode() if method != "GET" else None
+    req = urllib.request.Request(env["LOCAL_STRIPE_ENDPOINT"] + path, data=body, method=method, headers={
+        "Authorization": f"Bearer {env['STRIPE_API_KEY']}", "Content-Type": "application/x-www-form-urlencoded"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def sim(env: dict, path: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(f"{env['LOCAL_STRIPE_ENDPOINT']}/_sim/{path}", data=json.dumps(body or {}).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def api(env: dict, path: str) -> dict:
+    with urllib.request.urlopen(env["LOCAL_HTTP_ENDPOINT"] + path, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def wait_for(env: dict, account: str, check, timeout: float = 30) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = api(env, f"/v1/accounts/{account}")
+        if check(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def show_account(env: dict, account: str) -> None:
+    a = api(env, f"/v1/accounts/{account}")
+    sub = a.get("subscription") or {}
+    print(f"    account {a['account_id']}: plan {a['plan']}, {a['included_units']:,} units included per period, "
+          f"{a['credits']:,} credits")
+    if sub:
+        print(f"    subscription {sub['id']}: {sub['status']}, period "
+              f"{time.strftime('%Y-%m-%d', time.gmtime(sub['current_period_start']))} → "
+              f"{time.strftime('%Y-%m-%d', time.gmtime(sub['current_period_end']))}")
+    for inv in api(env, f"/v1/accounts/{account}/invoices")["data"]:
+        dunning = f", dunning {inv['dunning']['status']} after {inv['dunning']['failures']} failure(s)" if inv.get("dunning") else ""
+        print(f"    invoice {inv['number']}: {inv['status']}, {inv['amount_paid'] / 100:.2f} {inv['currency'].upper()} paid{dunning}")
+
+
+def play_stripe_story(env: dict) -> None:
+    account = f"acct_demo_{int(time.time()) % 100000}"
+    print(f"\n1. Ada subscribes to Pro through Stripe Checkout (account {account}).")
+    print("   Stripe delivers every webhook twice and out of order, as it may.\n")
+    sim(env, "delivery", {"duplicate": 1, "reorder": True})
+    customer = stripe_call(env, "POST", "/v1/customers", {"email": "ada@example.com", "name": "Ada Lovelace",
+                                                           "metadata[account_id]": account})
+    session = stripe_call(env, "POST", "/v1/checkout/sessions", {
+        "mode": "subscription", "customer": customer["id"], "client_reference_id": account,
+        "line_items[0][price]": "price_pro_monthly", "metadata[account_id]": account,
+        "subscription_data[metadata][account_id]": account,
+        "success_url": "https://app.example.com/billing?ok", "cancel_url": "https://app.example.com/billing"})
+    sim(env, f"checkout/sessions/{session['id']}/complete")
+    sim(env, "drain")
+    wait_for(env, account, lambda a: a["plan"] == "pro")
+    time.sleep(1)
+    show_account(env, account)
+
+    print("\n2. She buys a 1M credit pack, then asks for 40 % back.\n")
+    pack = stripe_call(env, "POST", "/v1/checkout/sessions", {
+        "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m",
+        "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
+        "payment_intent_data[metadata][account_id]": account})
+    done = sim(env, f"checkout/sessions/{pack['id']}/complete")
+    wait_for(env, account, lambda a: a["credits"] == 1_000_000)
+    print(f"    after the purchase: {api(env, f'/v1/accounts/{account}')['credits']:,} credits")
+    stripe_call(env, "POST", "/v1/refunds", {"payment_intent": done["payment_intent"], "amount": "400"})
+    wait_for(env, account, lambda a: a["credits"] == 600_000)
+    print(f"    after a 4.00 USD refund: {api(env, f'/v1/accounts/{account}')['credits']:,} credits")
+
+    print("\n3. Next month's payment fails, then the retry succeeds.\n")
+    sub_id = session_subscription(env, session["id"])
+    sim(env, "clock/advance", {"seconds": 30 * 86_400})
+    failing = sim(env, f"subscriptions/{sub_id}/renew", {"fail": True})
+    sim(env, "drain")
+    wait_for(env, account, lambda a: (a.get("subscription") or {}).get("status") == "past_due")
+    show_account(env, account)
+    sim(env, "clock/advance", {"seconds": 3 * 86_400})
+    sim(env, f"invoices/{failing['id']}/pay")
+    sim(env, "drain")
+    wait_for(env, account, lambda a: (a.get("subscription") or {}).get("status") == "active")
+    print("    ... and after the retry:")
+    show_account(env, account)
+    sim(env, "delivery", {"duplicate": 0, "reorder": False})
+
+    deliveries = sim(env, "deliveries")["deliveries"]
+    events = {d["event"] for d in deliveries}
+    outcomes = processor_outcomes(env, events)
+    summary = ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items()))
+    print(f"\n   Stripe made {len(deliveries)} deliveries of {len(events)} events; the processor recorded "
+          f"{sum(outcomes.values())} of them once each ({summary}).")
+
+
+def processor_outcomes(env: dict, event_ids: set[str]) -> dict[str, int]:
+    """How the processor recorded each event: one marker per event, whatever the deliveries."""
+    ddb = boto3.client("dynamodb", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    counts: dict[str, int] = {}
+    for event_id in event_ids:
+        item = ddb.get_item(TableName=env["TABLE_NAME_BILLING_TABLE"],
+                            Key={"pk": {"S": f"EVENT#{event_id}"}, "sk": {"S": "EVENT"}}).get("Item")
+        outcome = item["outcome"]["S"] if item else "not yet"
+        counts[outcome] = counts.get(outcome, 0) + 1
+    return counts
+
+
+def session_subscription(env: dict, session_id: str) -> str:
+    return stripe_call(env, "GET", f"/v1/checkout/sessions/{session_id}")["subscription"]
+
+
+def play_forgeries(env: dict) -> None:
+    print(f"\n4. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
+    for what, body, signature in story(int(time.time()))[5:]:
         event = json.loads(body)
         status, answer = deliver(env["WEBHOOK_URL"], body, signature)
         outcome = "queued" if status == 200 else f"refused ({answer['error']['code']})"
-        print(f"  {what:<30} {event['id']:<20} {event['type']:<30} {status} {outcome}")
+        print(f"    {what:<30} {event['type']:<16} {status} {outcome}")
 
-    sqs = boto3.client("sqs", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
-                       aws_access_key_id="testing", aws_secret_access_key="testing")
-    url = env["QUEUE_URL_EVENTS_QUEUE"]
-    messages = []
-    while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=30,
-                                       AttributeNames=["All"], MessageAttributeNames=["All"]).get("Messages"):
-        messages += batch
-    print(f"\nThe FIFO queue holds {len(messages)} messages (one per distinct event, in order per customer):\n")
-    print(f"  {'group (customer)':<22} {'deduplication id':<20} {'type':<30} payload")
-    for m in messages:
-        a, attrs = m["Attributes"], m["MessageAttributes"]
-        print(f"  {a['MessageGroupId']:<22} {a['MessageDeduplicationId']:<20} "
-              f"{attrs['stripe_event_type']['StringValue']:<30} {attrs['payload']['StringValue']} ({len(m['Body'])} bytes)")
-    # Return them: the demo only looked.
-    for m in messages:
-        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=0)
-    print("\nWebhook log:", Settings().state / "logs" / "WebhookFunction.log")
+
+def play(env: dict) -> None:
+    play_stripe_story(env)
+    play_forgeries(env)
+    print("\nLogs:", Settings().state / "logs")
 
 
 def main() -> None:

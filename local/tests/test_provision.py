@@ -84,3 +84,17 @@ def test_function_environment_is_resolved_from_the_template():
     assert webhook.environment["STRIPE_SECRET_ID"] == "billing-local/stripe"
     assert webhook.environment["STRIPE_LIVEMODE"] == "false"
     assert [(r.method, r.path) for r in webhook.routes] == [("POST", "/webhooks/stripe")]
+
+
+def test_every_catalog_price_exists_in_the_local_stripe_account():
+    import tomllib
+
+    from stripe_sim import load_prices
+    from template import ROOT
+
+    catalog = tomllib.loads((ROOT / "catalog.toml").read_text())
+    prices = load_prices()
+    named = [p for plan in catalog["plans"] for p in plan["price_ids"]] + [p["price_id"] for p in catalog["credit_packs"]]
+    assert named and all(p in prices for p in named), set(named) - set(prices)
+    for pack in catalog["credit_packs"]:
+        assert prices[pack["price_id"]]["unit_amount"] == pack["amount"], pack["id"]
