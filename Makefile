@@ -12,7 +12,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 
-.PHONY: help venv build up down demo test test-rust test-local lint bench sam-build clean
+.PHONY: help venv build up down demo test test-rust test-local lint bench sam-build clean replay redrive
 
 help:
 	@echo "make demo    start the local stack, play the story, stop"
@@ -75,3 +75,17 @@ sam-build: venv
 clean:
 	-$(PY) local/stack.py down
 	rm -rf .local .aws-sam
+
+# Operator commands against the local stack (see README, "Operations", for a deployed stack).
+SINCE ?= $(shell date -u -d "3 days ago" +%F)
+replay: venv
+	@test -f .local/env || { echo "start the local stack first: make up"; exit 1; }
+	set -a; . ./.local/env; set +a; \
+	EVENTS_QUEUE_URL=$$QUEUE_URL_EVENTS_QUEUE STRIPE_API_BASE=$$LOCAL_STRIPE_ENDPOINT \
+	  cargo run --quiet --release -p tools --bin replay -- --since $(SINCE)
+
+redrive: venv
+	@test -f .local/env || { echo "start the local stack first: make up"; exit 1; }
+	set -a; . ./.local/env; set +a; \
+	EVENTS_QUEUE_URL=$$QUEUE_URL_EVENTS_QUEUE EVENTS_DEAD_LETTER_QUEUE_URL=$$QUEUE_URL_EVENTS_DEAD_LETTER_QUEUE \
+	  cargo run --quiet --release -p tools --bin redrive

@@ -4,12 +4,15 @@
 1. Webhook CPU per delivery (signature + envelope of a 5 KB event), from the criterion bench in
    thread CPU time, and the Python `stripe` library's `Webhook.construct_event` on the same payload,
    measured in the same run, with the ratio.
-2. Cold start of the release webhook binary behind a Runtime API stub: process start to its first
-   `GET /invocation/next`, with its SDK clients built and its secret read from the local AWS
-   endpoint; CPU of that start; peak memory after serving one event. Beside it, the CPU of starting
-   the Python stack the same job is usually written in (stripe + boto3 + FastAPI, clients built).
-3. AWS round trips of that binary, counted exactly by a proxy in front of the local AWS endpoint.
-4. Size of the arm64 deployment zip that cargo-lambda (and so `sam build`) produces.
+   The processor's CPU per event (full parse + deciding its writes) on the same event.
+2. Cold start of each release binary (webhook, processor, api) behind a Runtime API stub: process
+   start to its first `GET /invocation/next`, with its SDK clients built and its secret read from
+   the local AWS endpoint; CPU of that start; peak memory after serving its `events/` sample.
+   Beside it, the CPU of starting the Python stack the same job is usually written in
+   (stripe + boto3 + FastAPI, clients built).
+3. AWS round trips, counted exactly by a proxy in front of the local AWS endpoint: the webhook
+   per event, the processor per applied event and per duplicate, the API per read.
+4. Size of each arm64 deployment zip that cargo-lambda (and so `sam build`) produces.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ print(json.dumps({"median_ns": samples[len(samples) // 2], "version": stripe.VER
 
 
 def webhook_cpu() -> None:
-    run(["cargo", "bench", "-p", "shared", "--bench", "webhook_verify", "--", "--noplot"])
+    run(["cargo", "bench", "-p", "shared", "--bench", "cpu", "--", "--noplot"])
     ours = criterion_ns("verify_and_parse")
     rotating = criterion_ns("verify_and_parse_rotating")
     out = subprocess.run([PY, "-c", PYTHON_CONSTRUCT_EVENT, str(EVENT), "2000"],
@@ -96,6 +99,8 @@ def webhook_cpu() -> None:
     row(f"stripe {python['version']} construct_event, same payload", f"{python['median_ns'] / 1000:.1f} µs", "(reference)", None)
     ratio = python["median_ns"] / ours
     row("CPU ratio Python / Rust", f"{ratio:.0f}×", "≥ 100×", ratio >= 100)
+    processor_ns = json.loads((ROOT / "target" / "criterion" / "processor" / "parse_and_plan" / "new" / "estimates.json").read_text())["mean"]["point_estimate"]
+    row(f"processor CPU/event (parse + plan), {size} B event", f"{processor_ns / 1000:.2f} µs", "(no target)", None)
 
 
 # --- 2 & 3. cold start, memory, round trips -----------------------------------------------------
@@ -219,66 +224,93 @@ def signed_sample() -> bytes:
     return json.dumps(event).encode()
 
 
-def cold_start() -> None:
-    binary = ROOT / "target" / "release" / "webhook"
-    run(["cargo", "build", "--release", "-p", "webhook"])
-    with aws_endpoint() as endpoint:
-        client("secretsmanager", endpoint).create_secret(
-            Name="bench/stripe", SecretString=json.dumps({"api_key": "sk_test_bench", "webhook_secrets": ["whsec_local"]}))
-        queue_url = client("sqs", endpoint).create_queue(
-            QueueName="bench-events.fifo", Attributes={"FifoQueue": "true"})["QueueUrl"]
-        env = {
-            "PATH": os.environ["PATH"], "AWS_REGION": "us-east-1",
-            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_LAMBDA_FUNCTION_NAME": "WebhookFunction", "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "128", "AWS_LAMBDA_LOG_GROUP_NAME": "bench",
-            "AWS_LAMBDA_LOG_STREAM_NAME": "bench", "RUST_LOG": "warn",
-            "EVENTS_QUEUE_URL": queue_url, "STRIPE_SECRET_ID": "bench/stripe", "STRIPE_LIVEMODE": "false",
+def start_once(binary: Path, env: dict, event: bytes, aws_url: str, proxy: "CountingProxy | None" = None) -> dict:
+    """One cold start and one invocation: time and CPU to the first /next, peak memory after the
+    invocation, and (with `proxy`) the AWS calls made during init and during the invocation."""
+    stub = RuntimeStub(event, on_first_next=proxy.take if proxy else None)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([str(binary)], env={**env, "AWS_ENDPOINT_URL": aws_url, "AWS_LAMBDA_RUNTIME_API": stub.address},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stub.pid = proc.pid
+    try:
+        if not stub.first_next.wait(30):
+            raise SystemExit(f"{binary.name} never asked for an invocation")
+        if not stub.responded.wait(30):
+            raise SystemExit(f"{binary.name} did not answer its invocation")
+        return {
+            "wall": stub.t_first_next - t0,
+            "cpu": stub.cpu_at_init,
+            "peak": vm_hwm_kib(proc.pid),
+            "response": json.loads(stub.response),
+            "init_calls": stub.first_next_result,
+            "event_calls": proxy.take() if proxy else None,
         }
+    finally:
+        proc.kill()
+        proc.wait()
+        stub.server.shutdown()
 
-        def start_once(aws_url: str, proxy: CountingProxy | None = None) -> dict:
-            """One cold start and one event, measured; with `proxy`, its AWS calls counted too."""
-            stub = RuntimeStub(signed_sample(), on_first_next=proxy.take if proxy else None)
-            t0 = time.perf_counter()
-            proc = subprocess.Popen([str(binary)], env={**env, "AWS_ENDPOINT_URL": aws_url, "AWS_LAMBDA_RUNTIME_API": stub.address},
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            stub.pid = proc.pid
-            try:
-                if not stub.first_next.wait(30):
-                    raise SystemExit("the webhook binary never asked for an invocation")
-                if not stub.responded.wait(30):
-                    raise SystemExit("the webhook binary did not answer its invocation")
-                assert json.loads(stub.response)["statusCode"] == 200, stub.response
-                return {
-                    "wall": stub.t_first_next - t0,
-                    "cpu": stub.cpu_at_init,
-                    "peak": vm_hwm_kib(proc.pid),
-                    "init_calls": stub.first_next_result,
-                    "event_calls": proxy.take() if proxy else None,
-                }
-            finally:
-                proc.kill()
-                proc.wait()
-                stub.server.shutdown()
 
-        # Timed runs talk to the AWS endpoint directly: a proxy would add its own latency.
-        runs = [start_once(endpoint) for _ in range(COLD_RUNS)]
-        # One more run through the counting proxy: round trips during init, then for one event.
-        counted = start_once((proxy := CountingProxy(endpoint)).url, proxy)
+def calls(counts: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
 
-    walls = [r["wall"] for r in runs]
-    cpus = [r["cpu"] for r in runs]
-    peaks = [r["peak"] for r in runs]
-    wall, cpu, peak = statistics.median(walls), statistics.median(cpus), max(peaks)
-    row(f"webhook cold start, process → first /next (median of {COLD_RUNS})", f"{wall * 1000:.1f} ms", "≤ 20 ms", wall <= 0.020)
-    row("webhook cold start CPU", f"{cpu / 1e6:.1f} ms", "", None)
-    row("webhook peak memory after one event (max)", f"{peak / 1024:.1f} MiB", "≤ 32 MiB", peak <= 32 * 1024)
 
-    init, per_event = counted["init_calls"], counted["event_calls"]
-    row("AWS calls at init", ", ".join(f"{k} {v}" for k, v in sorted(init.items())) or "none", "secret read once", init == {"secretsmanager": 1})
-    sqs_calls, ddb_calls = per_event.get("sqs", 0), per_event.get("dynamodb", 0)
-    row("SQS calls per event (counted)", str(sqs_calls), "1", sqs_calls == 1)
-    row("DynamoDB calls per event (counted)", str(ddb_calls), "0", ddb_calls == 0)
+def cold_start() -> None:
+    from runtime import lambda_environment
+    from template import Template, load
+    from provision import provision
+
+    run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api"])
+    with aws_endpoint() as endpoint:
+        tpl = Template(load(), endpoint)
+        provision(tpl, endpoint, {"StripeSecret": json.dumps({"api_key": "sk_test_bench", "webhook_secrets": ["whsec_local"]})})
+        functions = {f.logical_id: f for f in tpl.functions()}
+
+        def env_of(name: str) -> dict:
+            env = lambda_environment(functions[name], endpoint)
+            env.update(RUST_LOG="warn", LOG_FORMAT="json")
+            return env
+
+        processor_event = (ROOT / "events" / "processor.json").read_bytes()
+        cases = [
+            ("webhook", "WebhookFunction", signed_sample, lambda r: r["statusCode"] == 200),
+            ("processor", "ProcessorFunction", lambda: processor_event, lambda r: r["batchItemFailures"] == []),
+            ("api", "ApiFunction", lambda: (ROOT / "events" / "api.json").read_bytes(), lambda r: r["statusCode"] == 200),
+        ]
+        results = {}
+        for binary, name, event, ok in cases:
+            runs = [start_once(ROOT / "target" / "release" / binary, env_of(name), event(), endpoint) for _ in range(COLD_RUNS)]
+            assert all(ok(r["response"]) for r in runs), runs[0]["response"]
+            results[binary] = runs
+
+        # Round trips, counted through a proxy in front of the AWS endpoint.
+        proxy = CountingProxy(endpoint)
+        webhook = start_once(ROOT / "target" / "release" / "webhook", env_of("WebhookFunction"), signed_sample(), proxy.url, proxy)
+        fresh = json.loads(processor_event)
+        body = json.loads(fresh["Records"][0]["body"])
+        body["id"] = "evt_1QvBenchCounted0001"
+        body["created"] += 1  # newer than the timed runs' event: applied, not a same-second tie
+        fresh["Records"][0]["body"] = json.dumps(body)
+        fresh["Records"][0]["messageAttributes"]["stripe_event_id"]["stringValue"] = body["id"]
+        applied = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), proxy.url, proxy)
+        duplicate = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), proxy.url, proxy)
+        api = start_once(ROOT / "target" / "release" / "api", env_of("ApiFunction"), (ROOT / "events" / "api.json").read_bytes(), proxy.url, proxy)
+
+    for binary, runs in results.items():
+        wall = statistics.median(r["wall"] for r in runs)
+        cpu = statistics.median(r["cpu"] for r in runs)
+        peak = max(r["peak"] for r in runs)
+        row(f"{binary} cold start, process → first /next (median of {COLD_RUNS})", f"{wall * 1000:.1f} ms", "≤ 20 ms", wall <= 0.020)
+        row(f"{binary} cold start CPU", f"{cpu / 1e6:.1f} ms", "", None)
+        row(f"{binary} peak memory after one invocation (max)", f"{peak / 1024:.1f} MiB", "≤ 32 MiB", peak <= 32 * 1024)
+    cpu = statistics.median(r["cpu"] for r in results["webhook"])
+
+    row("webhook AWS calls at init", calls(webhook["init_calls"]), "secret read once", webhook["init_calls"] == {"secretsmanager": 1})
+    row("webhook AWS calls per event (counted)", calls(webhook["event_calls"]), "sqs 1, no dynamodb", webhook["event_calls"] == {"sqs": 1})
+    row("processor AWS calls per applied event (counted)", calls(applied["event_calls"]), "dynamodb 1", applied["event_calls"] == {"dynamodb": 1})
+    row("processor AWS calls per duplicate (counted)", calls(duplicate["event_calls"]), "dynamodb 1", duplicate["event_calls"] == {"dynamodb": 1})
+    assert applied["response"]["batchItemFailures"] == [] and duplicate["response"]["batchItemFailures"] == []
+    row("api AWS calls per GET account (counted)", calls(api["event_calls"]), "dynamodb 1", api["event_calls"] == {"dynamodb": 1})
 
     # The Python stack the same job is usually written in, started and its clients built.
     python_start = (
@@ -296,17 +328,17 @@ def cold_start() -> None:
     py = statistics.median(py_cpu)
     row("Python stack start CPU (stripe + boto3 + FastAPI)", f"{py * 1000:.0f} ms", "(reference)", None)
     ratio = py / (cpu / 1e9)
-    row("cold start CPU ratio Python / Rust", f"{ratio:.0f}×", "≥ 20×", ratio >= 20)
+    row("webhook cold start CPU ratio Python / Rust", f"{ratio:.0f}×", "≥ 20×", ratio >= 20)
 
 
 # --- 4. deployment size ---------------------------------------------------------------------------
 
 
 def zip_size() -> None:
-    run(["cargo", "lambda", "build", "--release", "--arm64", "-p", "webhook", "--output-format", "zip"])
-    z = ROOT / "target" / "lambda" / "webhook" / "bootstrap.zip"
-    size = z.stat().st_size
-    row("webhook deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)
+    for binary in ("webhook", "processor", "api"):
+        run(["cargo", "lambda", "build", "--release", "--arm64", "--bin", binary, "--output-format", "zip"])
+        size = (ROOT / "target" / "lambda" / binary / "bootstrap.zip").stat().st_size
+        row(f"{binary} deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)
 
 
 def main() -> None:

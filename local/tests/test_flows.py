@@ -175,3 +175,32 @@ def test_replay_requeues_stripes_events_and_changes_nothing_twice(stack):
         assert "queued" in out.stdout and "skipped 0" in out.stdout, out.stdout
     time.sleep(3)  # let the processor drain what was queued
     assert api(env, f"/v1/accounts/{account}")[1] == before
+
+
+def test_the_same_event_re_signed_is_applied_once(stack):
+    import stripe as stripe_lib
+
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    stripe.sim("delivery", {"paused": True})
+    try:
+        status, session = stripe.call("POST", "/v1/checkout/sessions", {
+            "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m",
+            "metadata[account_id]": account, "metadata[credit_pack]": "credits_small"})
+        assert status == 200
+        stripe.sim(f"checkout/sessions/{session['id']}/complete")
+        event = next(e for e in stripe.call("GET", "/v1/events?limit=20")[1]["data"]
+                     if e["type"] == "checkout.session.completed" and e["data"]["object"]["id"] == session["id"])
+        body = json.dumps(event, indent=2)
+        now = int(time.time())
+        # Stripe's retries re-sign the same event at a new time: new signatures, one event.
+        for t in (now - 2, now - 1, now):
+            header = stripe_lib.WebhookSignature.generate_signature_header(body, "whsec_new_local", timestamp=t)
+            status, _ = http("POST", env["WEBHOOK_URL"], body.encode(), {"Stripe-Signature": header, "Content-Type": "application/json"})
+            assert status == 200
+    finally:
+        stripe.sim("delivery", {"paused": False})
+    assert stripe.sim("drain")["drained"]
+    account_where(env, account, lambda b: b["credits"] == 1_000_000, "the credits")
+    time.sleep(2)
+    assert api(env, f"/v1/accounts/{account}")[1]["credits"] == 1_000_000

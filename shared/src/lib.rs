@@ -12,6 +12,7 @@ pub mod billing;
 pub mod catalog;
 pub mod clock;
 pub mod config;
+pub mod http;
 pub mod ids;
 pub mod queue;
 pub mod secrets;

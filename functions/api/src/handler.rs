@@ -2,8 +2,6 @@
 //! state the processor writes. IAM-authorised at the gateway; this code trusts the route.
 
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use lambda_http::aws_lambda_events::encodings::Body;
-use lambda_http::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use serde_json::{Value, json};
 use shared::catalog::Catalog;
 use shared::ids::AccountId;
@@ -117,12 +115,6 @@ fn invoice_json(i: &InvoiceView) -> Value {
     })
 }
 
-fn respond(status: u16, body: Value) -> ApiGatewayV2httpResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let mut response = ApiGatewayV2httpResponse::default();
-    response.status_code = i64::from(status);
-    response.headers = headers;
-    response.body = Some(Body::Text(body.to_string()));
-    response
+fn respond(status: u16, body: serde_json::Value) -> ApiGatewayV2httpResponse {
+    shared::http::json_response(status, &body)
 }

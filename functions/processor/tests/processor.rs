@@ -492,3 +492,121 @@ proptest! {
         prop_assert_eq!(view.plan.as_str(), effective);
     }
 }
+
+/// A store whose next `apply` fails as a throttled DynamoDB would, after the Stripe fetch.
+struct FlakyStore {
+    inner: shared::store::InMemoryBillingStore,
+    fail_next: std::sync::atomic::AtomicBool,
+}
+
+impl BillingStore for FlakyStore {
+    async fn apply(
+        &self,
+        event: &shared::store::EventRecord,
+        outcome: &'static str,
+        writes: &[shared::billing::Write],
+        mode: shared::store::WriteMode,
+    ) -> Result<shared::store::ApplyResult, shared::store::StoreError> {
+        if self
+            .fail_next
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(shared::store::StoreError::Retryable(anyhow::anyhow!(
+                "injected throttling"
+            )));
+        }
+        self.inner.apply(event, outcome, writes, mode).await
+    }
+    async fn customer_account(
+        &self,
+        c: &str,
+    ) -> Result<Option<AccountId>, shared::store::StoreError> {
+        self.inner.customer_account(c).await
+    }
+    async fn event_outcome(
+        &self,
+        e: &StripeEventId,
+    ) -> Result<Option<String>, shared::store::StoreError> {
+        self.inner.event_outcome(e).await
+    }
+    async fn account(
+        &self,
+        a: &AccountId,
+    ) -> Result<Option<shared::store::AccountView>, shared::store::StoreError> {
+        self.inner.account(a).await
+    }
+    async fn invoices(
+        &self,
+        a: &AccountId,
+    ) -> Result<Vec<shared::store::InvoiceView>, shared::store::StoreError> {
+        self.inner.invoices(a).await
+    }
+}
+
+#[tokio::test]
+async fn a_failure_between_the_stripe_fetch_and_the_write_never_doubles_an_effect() {
+    let store = FlakyStore {
+        inner: shared::store::InMemoryBillingStore::new(),
+        fail_next: std::sync::atomic::AtomicBool::new(true),
+    };
+    let p = processor::handler::Processor::new(
+        store,
+        shared::stripe::api::FakeStripe::new(),
+        shared::catalog::Catalog::embedded().unwrap(),
+    );
+    p.stripe().put_event(
+        "evt_flaky",
+        event(
+            "evt_flaky",
+            "checkout.session.completed",
+            100,
+            credit_checkout("cs_f", "pi_f", true),
+        ),
+    );
+    let mut m = message(
+        "m1",
+        CUSTOMER,
+        br#"{"id":"evt_flaky","object":"event","type":"checkout.session.completed"}"#,
+    );
+    m.message_attributes
+        .get_mut("payload")
+        .unwrap()
+        .string_value = Some("reference".into());
+    m.message_attributes
+        .get_mut("stripe_event_id")
+        .unwrap()
+        .string_value = Some("evt_flaky".into());
+
+    // Fetched from Stripe, then the write fails: the message is reported failed, nothing written.
+    assert_eq!(
+        p.handle_batch(&batch(vec![m.clone()]), NOW)
+            .await
+            .batch_item_failures
+            .len(),
+        1
+    );
+    assert_eq!(p.stripe().calls(), 1);
+    assert_eq!(p.store().account(&account()).await.unwrap(), None);
+    // SQS redelivers it: fetched again, applied once; a further redelivery is a duplicate.
+    assert!(
+        p.handle_batch(&batch(vec![m.clone()]), NOW)
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    assert!(
+        p.handle_batch(&batch(vec![m]), NOW)
+            .await
+            .batch_item_failures
+            .is_empty()
+    );
+    assert_eq!(
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        1_000_000
+    );
+}

@@ -6,8 +6,6 @@
 
 use base64::Engine;
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
-use lambda_http::aws_lambda_events::encodings::Body;
-use lambda_http::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
 use serde_json::json;
 use shared::queue::{EventQueue, QueuedEvent};
 use shared::stripe::{EnvelopeError, EventEnvelope, SignatureError, WebhookVerifier};
@@ -183,11 +181,5 @@ fn raw_body(request: &ApiGatewayV2httpRequest) -> Result<Vec<u8>, Rejection> {
 }
 
 fn respond(status: u16, body: serde_json::Value) -> ApiGatewayV2httpResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    let mut response = ApiGatewayV2httpResponse::default();
-    response.status_code = i64::from(status);
-    response.headers = headers;
-    response.body = Some(Body::Text(body.to_string()));
-    response
+    shared::http::json_response(status, &body)
 }

@@ -712,12 +712,7 @@ impl BillingStore for DynamoDbBillingStore {
                 None => break,
             }
         }
-        out.sort_by(|a, b| {
-            b.record
-                .period_start
-                .cmp(&a.record.period_start)
-                .then(b.record.invoice_id.cmp(&a.record.invoice_id))
-        });
+        super::sort_invoices(&mut out);
         Ok(out)
     }
 }

@@ -283,12 +283,7 @@ impl BillingStore for InMemoryBillingStore {
                 }),
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.record
-                .period_start
-                .cmp(&a.record.period_start)
-                .then(b.record.invoice_id.cmp(&a.record.invoice_id))
-        });
+        super::sort_invoices(&mut out);
         Ok(out)
     }
 }

@@ -133,3 +133,13 @@ pub trait BillingStore {
         account: &AccountId,
     ) -> impl Future<Output = Result<Vec<InvoiceView>, StoreError>> + Send;
 }
+
+/// Newest billing period first; the invoice id breaks ties so the order is stable.
+pub(crate) fn sort_invoices(invoices: &mut [InvoiceView]) {
+    invoices.sort_by(|a, b| {
+        b.record
+            .period_start
+            .cmp(&a.record.period_start)
+            .then(b.record.invoice_id.cmp(&a.record.invoice_id))
+    });
+}

@@ -1,4 +1,5 @@
-//! CPU per webhook delivery: signature check + envelope parse of a 5 KB Stripe event.
+//! CPU per webhook delivery (signature check + envelope parse of a 5 KB Stripe event) and per
+//! processed event (full parse + deciding its writes).
 //!
 //! Measured in thread CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time, so a busy neighbour on
 //! a shared machine does not inflate the figure. `make bench` prints it beside the target and
@@ -9,7 +10,10 @@ use std::time::Duration;
 
 use criterion::measurement::{Measurement, ValueFormatter, WallTime};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use shared::billing::plan_effects;
+use shared::catalog::Catalog;
 use shared::secrets::SecretString;
+use shared::stripe::objects::StripeEvent;
 use shared::stripe::signature::{DEFAULT_TOLERANCE_SECS, sign};
 use shared::stripe::{EventEnvelope, WebhookVerifier};
 
@@ -93,9 +97,24 @@ fn bench(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
+/// The processor's own CPU per event: parse the whole event into lean types and decide its
+/// writes. (The transaction itself is one DynamoDB round trip, counted by `make bench`.)
+fn processor(c: &mut Criterion<ThreadCpuTime>) {
+    let catalog = Catalog::embedded().unwrap();
+    let mut group = c.benchmark_group("processor");
+    group.throughput(Throughput::Bytes(EVENT.len() as u64));
+    group.bench_function("parse_and_plan", |b| {
+        b.iter(|| {
+            let event = StripeEvent::parse(black_box(EVENT)).unwrap();
+            black_box(plan_effects(&event, &catalog).unwrap())
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpuTime).measurement_time(Duration::from_secs(3));
-    targets = bench
+    targets = bench, processor
 }
 criterion_main!(benches);
