@@ -127,6 +127,15 @@ def wait_for(env: dict, account: str, check, timeout: float = 30) -> dict:
         time.sleep(0.2)
 
 
+def wait_for_invoice(env: dict, account: str, invoice_id: str, check, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [i for i in api(env, f"/v1/accounts/{account}/invoices")["data"] if i["id"] == invoice_id]
+        if found and check(found[0]):
+            return
+        time.sleep(0.2)
+
+
 def show_account(env: dict, account: str) -> None:
     a = api(env, f"/v1/accounts/{account}")
     sub = a.get("subscription") or {}
@@ -177,11 +186,13 @@ def play_stripe_story(env: dict) -> None:
     failing = sim(env, f"subscriptions/{sub_id}/renew", {"fail": True})
     sim(env, "drain")
     wait_for(env, account, lambda a: (a.get("subscription") or {}).get("status") == "past_due")
+    wait_for_invoice(env, account, failing["id"], lambda i: (i.get("dunning") or {}).get("status") == "open")
     show_account(env, account)
     sim(env, "clock/advance", {"seconds": 3 * 86_400})
     sim(env, f"invoices/{failing['id']}/pay")
     sim(env, "drain")
     wait_for(env, account, lambda a: (a.get("subscription") or {}).get("status") == "active")
+    wait_for_invoice(env, account, failing["id"], lambda i: i["status"] == "paid")
     print("    ... and after the retry:")
     show_account(env, account)
     sim(env, "delivery", {"duplicate": 0, "reorder": False})
