@@ -333,19 +333,7 @@ async fn a_reference_is_fetched_from_stripe_and_a_failed_fetch_is_retried_withou
         credit_checkout("cs_3", "pi_3", true),
     );
     p.stripe().put_event("evt_big", body);
-    let mut m = message(
-        "m1",
-        CUSTOMER,
-        br#"{"id":"evt_big","object":"event","type":"checkout.session.completed"}"#,
-    );
-    m.message_attributes
-        .get_mut("payload")
-        .unwrap()
-        .string_value = Some("reference".into());
-    m.message_attributes
-        .get_mut("stripe_event_id")
-        .unwrap()
-        .string_value = Some("evt_big".into());
+    let m = reference_message("m1", "evt_big", "checkout.session.completed");
 
     p.stripe().set_failing(true);
     let response = p.handle_batch(&batch(vec![m.clone()]), NOW).await;
@@ -563,19 +551,7 @@ async fn a_failure_between_the_stripe_fetch_and_the_write_never_doubles_an_effec
             credit_checkout("cs_f", "pi_f", true),
         ),
     );
-    let mut m = message(
-        "m1",
-        CUSTOMER,
-        br#"{"id":"evt_flaky","object":"event","type":"checkout.session.completed"}"#,
-    );
-    m.message_attributes
-        .get_mut("payload")
-        .unwrap()
-        .string_value = Some("reference".into());
-    m.message_attributes
-        .get_mut("stripe_event_id")
-        .unwrap()
-        .string_value = Some("evt_flaky".into());
+    let m = reference_message("m1", "evt_flaky", "checkout.session.completed");
 
     // Fetched from Stripe, then the write fails: the message is reported failed, nothing written.
     assert_eq!(

@@ -125,6 +125,16 @@ pub fn message(message_id: &str, group: &str, body: &[u8]) -> SqsMessage {
     m
 }
 
+/// A message queued by reference (the event was too large to travel inline).
+pub fn reference_message(message_id: &str, event_id: &str, event_type: &str) -> SqsMessage {
+    let body = format!(r#"{{"id":"{event_id}","object":"event","type":"{event_type}"}}"#);
+    let mut m = message(message_id, CUSTOMER, body.as_bytes());
+    if let Some(a) = m.message_attributes.get_mut("payload") {
+        a.string_value = Some("reference".into());
+    }
+    m
+}
+
 pub fn batch(messages: Vec<SqsMessage>) -> SqsEvent {
     let mut e = SqsEvent::default();
     e.records = messages;
