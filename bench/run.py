@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import json
-import os
 import resource
 import statistics
 import subprocess
@@ -32,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "local"))
 
-from provision import client  # noqa: E402
 from with_aws import aws_endpoint  # noqa: E402
 
 PY = sys.executable

@@ -27,13 +27,6 @@ def post(url: str, body: bytes, headers: dict) -> tuple[int, object, dict]:
         return e.code, json.loads(e.read() or b"null"), dict(e.headers)
 
 
-def sqs(env):
-    return boto3.client(
-        "sqs", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    )
-
-
 def wait_for_marker(env, event_id: str, timeout: float = 20) -> str | None:
     ddb = boto3.client(
         "dynamodb", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
@@ -49,18 +42,6 @@ def wait_for_marker(env, event_id: str, timeout: float = 20) -> str | None:
             return item["outcome"]["S"]
         time.sleep(0.2)
     return None
-
-
-def queued(env) -> list:
-    client, out = sqs(env), []
-    while True:
-        got = client.receive_message(
-            QueueUrl=env["QUEUE_URL_EVENTS_QUEUE"], MaxNumberOfMessages=10,
-            VisibilityTimeout=60, AttributeNames=["All"],
-        ).get("Messages", [])
-        if not got:
-            return out
-        out += got
 
 
 def event(event_id: str) -> str:

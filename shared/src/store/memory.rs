@@ -51,17 +51,11 @@ struct State {
 #[derive(Debug, Default)]
 pub struct InMemoryBillingStore {
     state: Mutex<State>,
-    transactions: Mutex<usize>,
 }
 
 impl InMemoryBillingStore {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// Transactions attempted so far (committed or not).
-    pub fn transactions(&self) -> usize {
-        *self.transactions.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -208,7 +202,6 @@ impl BillingStore for InMemoryBillingStore {
         writes: &[Write],
         mode: WriteMode,
     ) -> Result<ApplyResult, StoreError> {
-        *self.transactions.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         let mut state = self.lock();
         if state.markers.contains_key(event.event_id.as_str()) {
             return Ok(ApplyResult::Duplicate);
