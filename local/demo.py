@@ -193,7 +193,7 @@ def play_stripe_story(env: dict) -> None:
 
 def processor_outcomes(env: dict, event_ids: set[str]) -> dict[str, int]:
     """How the processor recorded each event: one marker per event, whatever the deliveries."""
-    ddb = boto3.client("dynamodb", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
+    ddb = boto3.client("dynamodb", endpoint_url=env["LOCAL_DYNAMODB_ENDPOINT"], region_name="us-east-1",
                        aws_access_key_id="testing", aws_secret_access_key="testing")
     counts: dict[str, int] = {}
     for event_id in event_ids:

@@ -1,7 +1,9 @@
-"""Creates the template's queues, tables and secrets on the local AWS endpoint.
+"""Creates the template's queues, tables and secrets on the local AWS endpoints: the tables on
+DynamoDB Local, everything else on moto.
 
 Every property of every resource is either applied or refused: a property this file does not know
 stops provisioning with its name, so a change to template.yaml cannot silently go missing locally.
+The few that DynamoDB Local cannot apply are listed in `NOT_APPLIED_BY_DYNAMODB_LOCAL`, with why.
 """
 
 from __future__ import annotations
@@ -40,6 +42,14 @@ TABLE_PROPERTIES = {
     "TimeToLiveSpecification",
     "DeletionProtectionEnabled",
     "Tags",
+}
+
+# Known, declared in the template, and deliberately not applied: DynamoDB Local has no such feature.
+NOT_APPLIED_BY_DYNAMODB_LOCAL = {
+    # No backups at all locally (UpdateContinuousBackups is an unknown operation there).
+    "PointInTimeRecoverySpecification",
+    # Accepted and ignored: DynamoDB Local does not encrypt its in-memory tables.
+    "SSESpecification",
 }
 
 SECRET_PROPERTIES = {"Name", "Description", "SecretString"}
@@ -96,6 +106,7 @@ def create_queues(tpl: Template, endpoint: str) -> dict[str, str]:
 
 
 def create_tables(tpl: Template, endpoint: str) -> list[str]:
+    """Creates each table on DynamoDB Local (`endpoint`), streams and TTL included."""
     ddb = client("dynamodb", endpoint)
     names = []
     for logical_id, res in tpl.of_type("AWS::DynamoDB::Table").items():
@@ -114,19 +125,12 @@ def create_tables(tpl: Template, endpoint: str) -> list[str]:
             args["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
         if "StreamSpecification" in props:
             args["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
-        if "SSESpecification" in props:
-            args["SSESpecification"] = {"Enabled": props["SSESpecification"]["SSEEnabled"]}
         if "DeletionProtectionEnabled" in props:
             args["DeletionProtectionEnabled"] = props["DeletionProtectionEnabled"]
         ddb.create_table(**args)
         ttl = props.get("TimeToLiveSpecification")
         if ttl:
             ddb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)
-        pitr = props.get("PointInTimeRecoverySpecification")
-        if pitr:
-            ddb.update_continuous_backups(
-                TableName=name, PointInTimeRecoverySpecification=pitr
-            )
         names.append(name)
     return names
 
@@ -149,7 +153,7 @@ def create_secrets(tpl: Template, endpoint: str, values: dict[str, str]) -> dict
     return arns
 
 
-def provision(tpl: Template, endpoint: str, secret_values: dict[str, str]) -> None:
-    create_queues(tpl, endpoint)
-    create_tables(tpl, endpoint)
-    create_secrets(tpl, endpoint, secret_values)
+def provision(tpl: Template, aws_endpoint: str, dynamodb_endpoint: str, secret_values: dict[str, str]) -> None:
+    create_queues(tpl, aws_endpoint)
+    create_tables(tpl, dynamodb_endpoint)
+    create_secrets(tpl, aws_endpoint, secret_values)

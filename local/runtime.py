@@ -3,8 +3,11 @@
 Each process lifetime gets its own Runtime API server. The binary long-polls
 `GET /2018-06-01/runtime/invocation/next`, answers on `.../{request_id}/response` or
 `.../{request_id}/error`, and reports init failures on `/init/error`, exactly as in Lambda.
-One invocation runs at a time per function (one warm sandbox); a crashed or timed-out process is
-replaced on the next invocation, as Lambda replaces a sandbox.
+
+A function scales out as Lambda does: each process (sandbox) runs one invocation at a time, and
+concurrent invocations get more processes, up to the function's concurrency
+(LOCAL_LAMBDA_CONCURRENCY, default 4; further invocations wait for a free sandbox). Warm
+processes are reused; a crashed or timed-out one is replaced, as Lambda replaces a sandbox.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import os
 import queue
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -23,6 +27,21 @@ from pathlib import Path
 from template import ACCOUNT_ID, REGION, Function
 
 PREFIX = "/2018-06-01/runtime"
+DEFAULT_CONCURRENCY = 4
+
+
+class Server(ThreadingHTTPServer):
+    """A threaded HTTP server that accepts bursts: Python's default listen backlog is 5, and a
+    burst beyond it gets "connection reset", which API Gateway and Lambda never do."""
+
+    daemon_threads = True
+    request_queue_size = 1024
+
+    def handle_error(self, request, client_address) -> None:
+        # A client gone mid-answer (a process stopped while it long-polled) is not an error.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 @dataclass
@@ -56,8 +75,7 @@ class _Session:
         self.polled = threading.Event()  # the runtime asked for its first invocation: init is done
         self.exited = threading.Event()
         self.init_error: str | None = None
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _RuntimeApi)
-        self.server.daemon_threads = True
+        self.server = Server(("127.0.0.1", 0), _RuntimeApi)
         self.server.session = self  # type: ignore[attr-defined]
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         env = dict(worker.environment)
@@ -167,60 +185,98 @@ class _RuntimeApi(BaseHTTPRequestHandler):
 
 
 class FunctionWorker:
-    """One function: its binary, its environment, its one warm process."""
+    """One function: its binary, its environment, and its warm processes (up to `concurrency`)."""
 
-    def __init__(self, fn: Function, binary: Path, environment: dict[str, str], log_path: Path):
+    def __init__(self, fn: Function, binary: Path, environment: dict[str, str], log_path: Path, concurrency: int | None = None):
         self.fn = fn
         self.binary = binary
         self.environment = environment
         self.log_path = log_path
         self.log = open(log_path, "ab", buffering=0)
+        self.concurrency = concurrency or int(os.environ.get("LOCAL_LAMBDA_CONCURRENCY", DEFAULT_CONCURRENCY))
+        # Each slot is one sandbox in use; an idle sandbox waits in `_idle` (most recent first,
+        # as Lambda prefers a warm sandbox).
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._idle: queue.LifoQueue[_Session] = queue.LifoQueue()
         self._lock = threading.Lock()
-        self._session: _Session | None = None
+        self._sessions: list[_Session] = []
+        self.started = 0  # processes started so far (cold starts)
 
     def start(self, init_timeout: float = 30.0) -> None:
-        with self._lock:
-            self._ensure_session(init_timeout)
+        """Starts one warm process and waits for its init, as a first invocation would."""
+        with self._slots:
+            self._idle.put(self._new_session(init_timeout))
 
-    def _ensure_session(self, init_timeout: float) -> _Session:
-        if self._session is None or self._session.exited.is_set():
-            if not self.binary.exists():
-                raise InvocationError("Runtime.InvalidEntrypoint", f"{self.binary} does not exist; build it first")
-            self._session = _Session(self)
-            self._session.wait_ready(init_timeout)
-        return self._session
+    def _new_session(self, init_timeout: float) -> _Session:
+        if not self.binary.exists():
+            raise InvocationError("Runtime.InvalidEntrypoint", f"{self.binary} does not exist; build it first")
+        session = _Session(self)
+        with self._lock:
+            self._sessions = [s for s in self._sessions if not s.exited.is_set()] + [session]
+            self.started += 1
+        try:
+            session.wait_ready(init_timeout)
+        except InvocationError:
+            session.stop()
+            raise
+        return session
+
+    def _take_session(self) -> _Session:
+        while True:
+            try:
+                session = self._idle.get_nowait()
+            except queue.Empty:
+                return self._new_session(30.0)  # every warm sandbox is busy: scale out
+            if not session.exited.is_set():
+                return session
 
     def invoke(self, payload: bytes) -> bytes:
         """Runs one invocation; returns the response payload or raises `InvocationError`."""
+        with self._slots:
+            session = self._take_session()
+            try:
+                return self._run(session, payload)
+            finally:
+                if not session.exited.is_set() and session.proc.poll() is None:
+                    self._idle.put(session)
+
+    def _run(self, session: _Session, payload: bytes) -> bytes:
+        inv = Invocation(payload)
+        session.pending[inv.request_id] = inv
+        session.invocations.put(inv)
+        finished = inv.done.wait(self.fn.timeout)
+        session.pending.pop(inv.request_id, None)
+        if not finished:
+            session.stop()
+            raise InvocationError("Sandbox.Timedout", f"Task timed out after {self.fn.timeout} seconds")
+        if not inv.ok:
+            try:
+                err = json.loads(inv.body)
+            except ValueError:
+                raise InvocationError("Unhandled", inv.body.decode(errors="replace")) from None
+            if not isinstance(err, dict):
+                raise InvocationError("Unhandled", inv.body.decode(errors="replace"))
+            raise InvocationError(err.get("errorType", "Unhandled"), err.get("errorMessage", ""))
+        return inv.body
+
+    def live_processes(self) -> int:
         with self._lock:
-            session = self._ensure_session(30.0)
-            inv = Invocation(payload)
-            session.pending[inv.request_id] = inv
-            session.invocations.put(inv)
-            finished = inv.done.wait(self.fn.timeout)
-            session.pending.pop(inv.request_id, None)
-            if not finished:
-                session.stop()
-                raise InvocationError("Sandbox.Timedout", f"Task timed out after {self.fn.timeout} seconds")
-            if not inv.ok:
-                try:
-                    err = json.loads(inv.body)
-                    raise InvocationError(err.get("errorType", "Unhandled"), err.get("errorMessage", ""))
-                except (ValueError, AttributeError):
-                    raise InvocationError("Unhandled", inv.body.decode(errors="replace")) from None
-            return inv.body
+            return sum(1 for s in self._sessions if not s.exited.is_set())
 
     def stop(self) -> None:
         with self._lock:
-            if self._session:
-                self._session.stop()
+            sessions = list(self._sessions)
+        for session in sessions:
+            session.stop()
 
 
-def lambda_environment(fn: Function, aws_endpoint: str) -> dict[str, str]:
-    """What Lambda sets for a function, plus the local AWS endpoint and test credentials."""
+def lambda_environment(fn: Function, aws_endpoint: str, dynamodb_endpoint: str) -> dict[str, str]:
+    """What Lambda sets for a function, plus the local endpoints and test credentials. The SDK's
+    standard variables route DynamoDB to DynamoDB Local and every other service to moto."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
         "AWS_REGION": REGION,
         "AWS_DEFAULT_REGION": REGION,
         "AWS_ACCESS_KEY_ID": "testing",

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""The local stack: AWS APIs (moto), every function behind the Lambda Runtime API, the HTTP API
-and the Lambda Invoke API, wired from template.yaml. No AWS account, no Docker.
+"""The local stack: AWS APIs (moto; the billing table on DynamoDB Local), every function behind the
+Lambda Runtime API, the HTTP API and the Lambda Invoke API, wired from template.yaml. No AWS
+account, no Docker.
 
     stack.py up      start in the background; return once every function has finished init
     stack.py down    stop what `up` started
     stack.py serve   run in the foreground (what `up` runs)
 
-Ports and the signing secret come from LOCAL_AWS_PORT (4566), LOCAL_HTTP_PORT (3000),
-LOCAL_LAMBDA_PORT (3001) and STRIPE_WEBHOOK_SECRET (whsec_local, comma-separated for several).
+Ports and the signing secret come from LOCAL_AWS_PORT (4566), LOCAL_DYNAMODB_PORT (8000),
+LOCAL_HTTP_PORT (3000), LOCAL_LAMBDA_PORT (3001), LOCAL_STRIPE_PORT (12111) and
+STRIPE_WEBHOOK_SECRET (whsec_local, comma-separated for several).
 LOCAL_STATE_DIR (.local) holds env files, logs and the pid; LOCAL_BIN_DIR (target/release) the binaries.
 """
 
@@ -32,10 +34,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import dynamodb_local  # noqa: E402
 import stripe_sim  # noqa: E402
 from provision import client as provision_client  # noqa: E402
 from provision import provision  # noqa: E402
-from runtime import FunctionWorker, InvocationError, lambda_environment  # noqa: E402
+from runtime import FunctionWorker, InvocationError, Server, lambda_environment  # noqa: E402
 from template import ACCOUNT_ID, ROOT, Route, Template, load  # noqa: E402
 
 # Lambda refuses synchronous payloads over 6 MB; API Gateway then answers 413.
@@ -46,6 +49,7 @@ TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-www
 class Settings:
     def __init__(self, env=os.environ):
         self.aws_port = int(env.get("LOCAL_AWS_PORT", "4566"))
+        self.dynamodb_port = int(env.get("LOCAL_DYNAMODB_PORT", "8000"))
         self.http_port = int(env.get("LOCAL_HTTP_PORT", "3000"))
         self.lambda_port = int(env.get("LOCAL_LAMBDA_PORT", "3001"))
         self.stripe_port = int(env.get("LOCAL_STRIPE_PORT", "12111"))
@@ -57,6 +61,10 @@ class Settings:
     @property
     def aws_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.aws_port}"
+
+    @property
+    def dynamodb_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.dynamodb_port}"
 
 
 def log(msg: str) -> None:
@@ -231,10 +239,11 @@ class Stack:
         self.workers: dict[str, FunctionWorker] = {}
         self.servers: list[ThreadingHTTPServer] = []
         self.moto: subprocess.Popen | None = None
+        self.dynamodb: subprocess.Popen | None = None
         self.stopping = threading.Event()
 
     def function_env(self, logical_id: str) -> dict[str, str]:
-        env = lambda_environment(self.functions[logical_id], self.settings.aws_endpoint)
+        env = lambda_environment(self.functions[logical_id], self.settings.aws_endpoint, self.settings.dynamodb_endpoint)
         # Locally, Stripe is the simulator.
         env["STRIPE_API_BASE"] = f"http://127.0.0.1:{self.settings.stripe_port}"
         return env
@@ -245,8 +254,10 @@ class Stack:
             (s.state / sub).mkdir(parents=True, exist_ok=True)
         log(f"AWS APIs on {s.aws_endpoint}")
         self.moto = start_moto(s)
+        log(f"DynamoDB Local on {s.dynamodb_endpoint}")
+        self.dynamodb = dynamodb_local.start(s.dynamodb_port, open(s.state / "logs" / "dynamodb.log", "ab"))
         stripe_secret = json.dumps({"api_key": "sk_test_local", "webhook_secrets": s.webhook_secrets})
-        provision(self.template, s.aws_endpoint, {"StripeSecret": stripe_secret})
+        provision(self.template, s.aws_endpoint, s.dynamodb_endpoint, {"StripeSecret": stripe_secret})
 
         for logical_id, fn in self.functions.items():
             env = self.function_env(logical_id)
@@ -259,10 +270,16 @@ class Stack:
             log(f"{logical_id} ready ({s.bin_dir / fn.binary})")
 
         for fn in self.functions.values():
+            worker = self.workers[fn.logical_id]
             for source in fn.sqs_sources:
-                poller = SqsPoller(self.template, s, self.workers[fn.logical_id], source, self.stopping)
-                threading.Thread(target=poller.run, daemon=True, name=f"sqs-{fn.logical_id}").start()
-                log(f"{fn.logical_id} consumes {self.template.queue_name(source.queue)} (batches of {source.batch_size})")
+                # Lambda polls a queue with several pollers, each invoking the function with its
+                # own batch: one per sandbox the function may scale to. FIFO keeps a message
+                # group on one batch at a time.
+                for n in range(worker.concurrency):
+                    poller = SqsPoller(self.template, s, worker, source, self.stopping)
+                    threading.Thread(target=poller.run, daemon=True, name=f"sqs-{fn.logical_id}-{n}").start()
+                log(f"{fn.logical_id} consumes {self.template.queue_name(source.queue)} "
+                    f"(batches of {source.batch_size}, {worker.concurrency} pollers)")
 
         self.servers.append(serve(s.http_port, self.http_api_handler()))
         webhook_url = f"http://127.0.0.1:{s.http_port}/webhooks/stripe"
@@ -277,10 +294,12 @@ class Stack:
         tables = {lid: self.template.table_name(lid) for lid in self.template.of_type("AWS::DynamoDB::Table")}
         env_lines = {
             "AWS_ENDPOINT_URL": s.aws_endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB": s.dynamodb_endpoint,
             "AWS_REGION": "us-east-1",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "LOCAL_AWS_ENDPOINT": s.aws_endpoint,
+            "LOCAL_DYNAMODB_ENDPOINT": s.dynamodb_endpoint,
             "LOCAL_HTTP_ENDPOINT": f"http://127.0.0.1:{s.http_port}",
             "LOCAL_LAMBDA_ENDPOINT": f"http://127.0.0.1:{s.lambda_port}",
             "WEBHOOK_URL": f"http://127.0.0.1:{s.http_port}/webhooks/stripe",
@@ -307,6 +326,7 @@ class Stack:
         if self.moto and self.moto.poll() is None:
             self.moto.terminate()
             self.moto.wait(timeout=5)
+        dynamodb_local.stop(self.dynamodb)
         (self.settings.state / "env").unlink(missing_ok=True)
 
     # --- handlers ---------------------------------------------------------------------------
@@ -402,8 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(port: int, handler) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("127.0.0.1", port), handler)
-    server.daemon_threads = True
+    server = Server(("127.0.0.1", port), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server
 

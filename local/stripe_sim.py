@@ -568,7 +568,10 @@ def load_prices(path: Path = Path(__file__).resolve().parent / "stripe-prices.to
 
 def serve(port: int, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict]) -> tuple[StripeSimulator, ThreadingHTTPServer]:
     sim = StripeSimulator(webhook_url, signing_secrets, prices)
-    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(sim))
+    server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(sim), bind_and_activate=False)
+    server.request_queue_size = 1024  # accept bursts (Python's default backlog is 5)
+    server.server_bind()
+    server.server_activate()
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True, name="stripe-sim").start()
     return sim, server

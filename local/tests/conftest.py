@@ -34,6 +34,7 @@ def stack(tmp_path_factory):
     env = dict(
         os.environ,
         LOCAL_AWS_PORT=str(free_port()),
+        LOCAL_DYNAMODB_PORT=str(free_port()),
         LOCAL_HTTP_PORT=str(free_port()),
         LOCAL_LAMBDA_PORT=str(free_port()),
         LOCAL_STRIPE_PORT=str(free_port()),

@@ -33,22 +33,3 @@ pub async fn sdk_config() -> SdkConfig {
         .load()
         .await
 }
-
-/// SDK configuration for a local AWS endpoint (tests, local tools): fixed region and test
-/// credentials, so nothing is read from the developer's own AWS profile.
-pub async fn local_sdk_config(endpoint_url: &str) -> SdkConfig {
-    aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(endpoint_url)
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "testing", "testing", None, None, "local",
-        ))
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_timeout(Duration::from_secs(10))
-                .build(),
-        )
-        .load()
-        .await
-}

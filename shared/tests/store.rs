@@ -367,12 +367,10 @@ both_stores!(
 mod support {
     use super::*;
 
-    /// A fresh table shaped like template.yaml's, on the local AWS endpoint.
+    /// A fresh table shaped like template.yaml's, on DynamoDB Local.
     pub async fn dynamodb_store(test: &str) -> (DynamoDbBillingStore, AccountId) {
-        let endpoint = std::env::var("LOCAL_AWS_ENDPOINT")
-            .expect("LOCAL_AWS_ENDPOINT is not set: run the suite with `make test`, which starts the local AWS endpoint");
-        let client = aws_sdk_dynamodb::Client::new(&shared::aws::local_sdk_config(&endpoint).await);
-        let table = shared::store::dynamodb::create_table_for_tests(&client, test).await;
+        let client = testkit::dynamodb().await;
+        let table = testkit::billing_table(&client, test).await;
         (
             DynamoDbBillingStore::new(client, table),
             AccountId::parse(&format!("acct_{test}")).unwrap(),

@@ -43,9 +43,7 @@ async fn replay_queues_events_since_oldest_first_and_is_safe_twice() {
 
 #[tokio::test]
 async fn redrive_moves_dead_letters_back_with_their_ids_and_is_safe_twice() {
-    let endpoint = std::env::var("LOCAL_AWS_ENDPOINT")
-        .expect("LOCAL_AWS_ENDPOINT is not set: run the suite with `make test`, which starts the local AWS endpoint");
-    let sqs = aws_sdk_sqs::Client::new(&shared::aws::local_sdk_config(&endpoint).await);
+    let sqs = testkit::sqs().await;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

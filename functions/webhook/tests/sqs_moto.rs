@@ -19,12 +19,11 @@ use support::*;
 use webhook::handler::WebhookHandler;
 
 fn endpoint() -> String {
-    std::env::var("LOCAL_AWS_ENDPOINT")
-        .expect("LOCAL_AWS_ENDPOINT is not set: run the suite with `make test`, which starts the local AWS endpoint")
+    testkit::aws_endpoint()
 }
 
 async fn sqs(endpoint: &str) -> aws_sdk_sqs::Client {
-    aws_sdk_sqs::Client::new(&shared::aws::local_sdk_config(endpoint).await)
+    aws_sdk_sqs::Client::new(&testkit::sdk_config_for(endpoint).await)
 }
 
 /// A fresh FIFO queue, named after the test so runs never share one.
@@ -217,10 +216,9 @@ async fn exactly_one_sqs_round_trip_per_accepted_event_and_none_per_refusal() {
     let plain = sqs(&endpoint()).await;
     let url = fifo_queue(&plain, "round-trips").await;
     let counter = CountRequests::default();
-    let config =
-        aws_sdk_sqs::config::Builder::from(&shared::aws::local_sdk_config(&endpoint()).await)
-            .interceptor(counter.clone())
-            .build();
+    let config = aws_sdk_sqs::config::Builder::from(&testkit::aws_config().await)
+        .interceptor(counter.clone())
+        .build();
     let h = WebhookHandler::new(
         verifier(),
         SqsEventQueue::new(

@@ -1,0 +1,172 @@
+//! Test support, used only as a dev-dependency.
+//!
+//! `make test` runs the suite under `local/with_aws.py`, which starts moto (SQS, Secrets Manager,
+//! SES, EventBridge) and DynamoDB Local on free ports and exports:
+//! - `LOCAL_AWS_ENDPOINT`: moto;
+//! - `LOCAL_DYNAMODB_ENDPOINT`: DynamoDB Local, which keeps DynamoDB's transaction semantics under
+//!   concurrency (every money and ordering test runs there, never on moto);
+//! - `LOCAL_BILLING_TABLE_SCHEMA`: `BillingTable`'s keys, attributes and indexes, as template.yaml
+//!   declares them, so each test's private table has the shape that deploys.
+//!
+//! Helpers panic with a clear message: a test without its local endpoints cannot run.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, StreamSpecification, StreamViewType,
+};
+use serde_json::Value;
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with `make test`, which starts the local AWS endpoints")
+    })
+}
+
+/// SDK configuration for a local endpoint: fixed region and test credentials, so nothing is read
+/// from the developer's own AWS profile.
+pub async fn sdk_config_for(endpoint_url: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(endpoint_url)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "testing", "testing", None, None, "local",
+        ))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .operation_timeout(Duration::from_secs(20))
+                .build(),
+        )
+        .load()
+        .await
+}
+
+/// moto: SQS, Secrets Manager, SES, EventBridge.
+pub fn aws_endpoint() -> String {
+    env("LOCAL_AWS_ENDPOINT")
+}
+
+/// DynamoDB Local.
+pub fn dynamodb_endpoint() -> String {
+    env("LOCAL_DYNAMODB_ENDPOINT")
+}
+
+pub async fn aws_config() -> SdkConfig {
+    sdk_config_for(&aws_endpoint()).await
+}
+
+pub async fn dynamodb_config() -> SdkConfig {
+    sdk_config_for(&dynamodb_endpoint()).await
+}
+
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    aws_sdk_sqs::Client::new(&aws_config().await)
+}
+
+pub async fn dynamodb() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&dynamodb_config().await)
+}
+
+/// A name no other test (or earlier run) uses: `{prefix}-{nanoseconds}`, within SQS's and
+/// DynamoDB's name rules.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let prefix: String = prefix
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(50)
+        .collect();
+    format!("{prefix}-{nanos}")
+}
+
+/// Creates a private table shaped like template.yaml's `BillingTable` and returns its name.
+pub async fn billing_table(client: &aws_sdk_dynamodb::Client, test: &str) -> String {
+    let schema: Value = serde_json::from_str(&env("LOCAL_BILLING_TABLE_SCHEMA"))
+        .expect("LOCAL_BILLING_TABLE_SCHEMA is JSON");
+    let name = unique_name(test);
+    let mut create = client
+        .create_table()
+        .table_name(&name)
+        .billing_mode(BillingMode::PayPerRequest)
+        .set_attribute_definitions(Some(
+            array(&schema, "AttributeDefinitions")
+                .iter()
+                .map(|a| {
+                    AttributeDefinition::builder()
+                        .attribute_name(text(a, "AttributeName"))
+                        .attribute_type(ScalarAttributeType::from(text(a, "AttributeType")))
+                        .build()
+                        .expect("complete attribute definition")
+                })
+                .collect(),
+        ))
+        .set_key_schema(Some(key_schema(&schema["KeySchema"])));
+    for index in array(&schema, "GlobalSecondaryIndexes") {
+        let projection = &index["Projection"];
+        let non_key = projection["NonKeyAttributes"].as_array().map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect()
+        });
+        create = create.global_secondary_indexes(
+            GlobalSecondaryIndex::builder()
+                .index_name(text(index, "IndexName"))
+                .set_key_schema(Some(key_schema(&index["KeySchema"])))
+                .projection(
+                    Projection::builder()
+                        .projection_type(ProjectionType::from(text(projection, "ProjectionType")))
+                        .set_non_key_attributes(non_key)
+                        .build(),
+                )
+                .build()
+                .expect("complete index"),
+        );
+    }
+    if let Some(view) = schema["StreamSpecification"]["StreamViewType"].as_str() {
+        create = create.stream_specification(
+            StreamSpecification::builder()
+                .stream_enabled(true)
+                .stream_view_type(StreamViewType::from(view))
+                .build()
+                .expect("complete stream specification"),
+        );
+    }
+    create.send().await.expect("create the test table");
+    name
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v[key].as_array().map_or(&[], Vec::as_slice)
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> &'a str {
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("table schema: {key} missing in {v}"))
+}
+
+fn key_schema(v: &Value) -> Vec<KeySchemaElement> {
+    v.as_array()
+        .expect("a KeySchema list")
+        .iter()
+        .map(|k| {
+            KeySchemaElement::builder()
+                .attribute_name(text(k, "AttributeName"))
+                .key_type(KeyType::from(text(k, "KeyType")))
+                .build()
+                .expect("complete key")
+        })
+        .collect()
+}
