@@ -10,6 +10,7 @@
 //! later message of the group are reported failed (SQS redelivers them in order); other groups go on.
 
 use std::collections::HashSet;
+use std::time::{Duration, Instant};
 
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use serde_json::json;
@@ -80,6 +81,11 @@ impl ProcessError {
     }
 }
 
+/// The most one message can take: two Stripe calls (a reference fetch and a tie fetch), each
+/// bounded by `CALL_BUDGET`, and the store's retries.
+pub const MESSAGE_BUDGET: Duration =
+    Duration::from_secs(2 * shared::stripe::api::CALL_BUDGET.as_secs() + 2);
+
 pub struct Processor<S, P> {
     store: S,
     stripe: P,
@@ -103,8 +109,21 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
         &self.stripe
     }
 
-    /// One SQS batch, with partial-failure semantics per message group.
+    /// One SQS batch, with partial-failure semantics per message group and no deadline.
     pub async fn handle_batch(&self, batch: &SqsEvent, now: i64) -> SqsBatchResponse {
+        self.handle_batch_before(batch, now, None).await
+    }
+
+    /// One SQS batch, with partial-failure semantics per message group. No message is started
+    /// with less than `MESSAGE_BUDGET` left before `deadline` (the invocation's): those left are
+    /// reported failed, for SQS to redeliver, rather than cut off by the Lambda timeout, which
+    /// would fail the whole batch.
+    pub async fn handle_batch_before(
+        &self,
+        batch: &SqsEvent,
+        now: i64,
+        deadline: Option<Instant>,
+    ) -> SqsBatchResponse {
         let mut failed_groups = HashSet::new();
         let mut failures = Vec::new();
         for message in &batch.records {
@@ -115,6 +134,14 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
                 .cloned()
                 .unwrap_or_default();
             if failed_groups.contains(&group) {
+                failures.push(message_id);
+                continue;
+            }
+            if deadline
+                .is_some_and(|d| d.saturating_duration_since(Instant::now()) < MESSAGE_BUDGET)
+            {
+                warn!(message_id = %message_id, group = %group, "too close to the invocation's deadline: left for SQS to redeliver");
+                failed_groups.insert(group);
                 failures.push(message_id);
                 continue;
             }
@@ -253,7 +280,17 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
             }
             _ => return self.record(record, Outcome::Stale).await,
         };
-        let current = self.stripe.object(kind, id).await?;
+        let current = match self.stripe.object(kind, id).await {
+            Ok(current) => current,
+            // Stripe keeps deleted customers and ended subscriptions retrievable; an invoice
+            // that is gone was a deleted draft. The event describes something that no longer
+            // exists: stale, not poison.
+            Err(StripeApiError::NotFound(what)) if kind == ObjectKind::Invoice => {
+                warn!(event_id = %event.id, event_type = %event.event_type, "{what} no longer exists: the event is stale");
+                return self.record(record, Outcome::Stale).await;
+            }
+            Err(e) => return Err(e.into()),
+        };
         let refetched = StripeEvent::parse(
             json!({
                 "id": event.id.as_str(),

@@ -28,9 +28,10 @@ async fn main() -> Result<(), Error> {
     let processor = &processor;
 
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
+        let deadline = shared::clock::instant_of_unix_millis(event.context.deadline);
         Ok::<SqsBatchResponse, Error>(
             processor
-                .handle_batch(&event.payload, shared::clock::unix_now())
+                .handle_batch_before(&event.payload, shared::clock::unix_now(), Some(deadline))
                 .await,
         )
     }))

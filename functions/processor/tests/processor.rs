@@ -586,3 +586,121 @@ async fn a_failure_between_the_stripe_fetch_and_the_write_never_doubles_an_effec
         1_000_000
     );
 }
+
+/// A same-second `payment_failed` and `marked_uncollectible` (or `paid`): whichever is applied
+/// first, the tie is settled by the invoice Stripe returns, and the case ends as that invoice
+/// says, never left open by the type of the event that lost the tie.
+#[tokio::test]
+async fn a_dunning_tie_ends_as_the_fetched_invoice_says_in_either_order() {
+    for (closing_type, status) in [
+        ("invoice.marked_uncollectible", "uncollectible"),
+        ("invoice.paid", "paid"),
+    ] {
+        let failed = event(
+            "evt_tf",
+            "invoice.payment_failed",
+            100,
+            invoice("in_1", "open", 1),
+        );
+        let closed = event("evt_tc", closing_type, 100, invoice("in_1", status, 1));
+        for order in [[&failed, &closed], [&closed, &failed]] {
+            let p = processor();
+            p.stripe()
+                .put_object(ObjectKind::Invoice, "in_1", invoice("in_1", status, 1));
+            for e in order {
+                p.apply(e, NOW).await.unwrap();
+            }
+            let invoice = &p.store().invoices(&account()).await.unwrap()[0];
+            assert_eq!(invoice.record.status, status, "{closing_type}");
+            // Closed when a failure had opened it, never opened when the closing came first:
+            // in no order does a case stay open on a settled invoice.
+            let case = invoice.dunning.as_ref().map(|d| d.status.as_str());
+            assert!(
+                case.is_none() || case == Some(status),
+                "{closing_type}: case {case:?}"
+            );
+        }
+    }
+}
+
+/// A tie on an invoice Stripe no longer has (a deleted draft): the event is stale, recorded and
+/// acknowledged, not dead-lettered as poison.
+#[tokio::test]
+async fn a_tie_on_a_deleted_invoice_is_stale_not_poison() {
+    let p = processor();
+    let created = event(
+        "evt_d1",
+        "invoice.created",
+        100,
+        invoice("in_draft", "draft", 0),
+    );
+    let finalized = event(
+        "evt_d2",
+        "invoice.finalized",
+        100,
+        invoice("in_draft", "open", 0),
+    );
+    assert_eq!(p.apply(&created, NOW).await.unwrap(), Outcome::Applied);
+    // FakeStripe has no `in_draft`: the tie's fetch is a 404.
+    let response = p
+        .handle_batch(&batch(vec![message("m1", CUSTOMER, &finalized)]), NOW)
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(p.stripe().calls(), 1);
+    let id = StripeEventId::parse("evt_d2").unwrap();
+    assert_eq!(
+        p.store().event_outcome(&id).await.unwrap().as_deref(),
+        Some("stale")
+    );
+}
+
+/// A credit pack is granted only when the session paid its price in the catalog's currency;
+/// otherwise the event fails permanently (dead-lettered with the reason) and grants nothing.
+#[tokio::test]
+async fn a_credit_grant_needs_the_packs_price_in_the_catalog_currency() {
+    for (field, value) in [
+        ("amount_total", json!(1)),
+        ("amount_total", json!(null)),
+        ("currency", json!("eur")),
+    ] {
+        let p = processor();
+        let mut session = credit_checkout("cs_x", "pi_x", true);
+        session[field] = value.clone();
+        let e = event("evt_x", "checkout.session.completed", 100, session);
+        let err = p.apply(&e, NOW).await.unwrap_err();
+        assert!(err.permanent(), "{field}={value}");
+        assert!(err.to_string().contains("credits_small"), "{err}");
+        let credits = p
+            .store()
+            .account(&account())
+            .await
+            .unwrap()
+            .map_or(0, |a| a.credits);
+        assert_eq!(credits, 0, "{field}={value}");
+        let id = StripeEventId::parse("evt_x").unwrap();
+        assert_eq!(p.store().event_outcome(&id).await.unwrap(), None);
+    }
+}
+
+/// Near the invocation's deadline no message is started: each is reported failed for SQS to
+/// redeliver, and nothing is written.
+#[tokio::test]
+async fn no_message_is_started_too_close_to_the_deadline() {
+    let p = processor();
+    let e = event("evt_late", "invoice.paid", 100, invoice("in_9", "paid", 1));
+    let batch = batch(vec![message("m1", "cus_A", &e), message("m2", "cus_B", &e)]);
+    let soon = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    let response = p.handle_batch_before(&batch, NOW, Some(soon)).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect();
+    assert_eq!(failed, ["m1", "m2"]);
+    assert!(p.store().invoices(&account()).await.unwrap().is_empty());
+
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let response = p.handle_batch_before(&batch, NOW, Some(later)).await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(p.store().invoices(&account()).await.unwrap().len(), 1);
+}

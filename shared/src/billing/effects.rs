@@ -108,6 +108,12 @@ pub enum PlanError {
     UnknownCreditPack(String),
     #[error("the account id in the event is invalid: {0}")]
     InvalidAccount(String),
+    #[error("credit pack `{pack}` costs {expected}, but the payment was {paid}: not granted")]
+    PaymentMismatch {
+        pack: String,
+        expected: String,
+        paid: String,
+    },
 }
 
 fn account_from(
@@ -215,15 +221,19 @@ fn checkout(s: &CheckoutSession, catalog: &Catalog) -> Result<(AccountRef, Vec<W
         let pack = catalog
             .credit_pack(pack_id)
             .ok_or_else(|| PlanError::UnknownCreditPack(pack_id.to_owned()))?;
+        let amount_paid = check_payment(
+            &pack.id,
+            pack.amount,
+            &catalog.currency,
+            s.amount_total,
+            s.currency.as_deref(),
+        )?;
         writes.push(Write::GrantCredits {
             // The payment intent is what a refund names; a paid session always has one.
             grant_id: s.payment_intent_id().unwrap_or(&s.id).to_owned(),
             pack_id: pack.id.clone(),
             credits: pack.credits,
-            amount_paid: s
-                .amount_total
-                .and_then(|a| u64::try_from(a).ok())
-                .unwrap_or(pack.amount),
+            amount_paid,
         });
     }
     Ok((account, writes))
@@ -279,18 +289,7 @@ fn invoice(kind: InvoiceEvent, i: &Invoice) -> Result<(AccountRef, Vec<Write>), 
         i.subscription_metadata(ACCOUNT_METADATA_KEY),
         i.customer_id(),
     )?;
-    let dunning = match kind {
-        InvoiceEvent::PaymentFailed => DunningChange::Failed {
-            attempt_count: i.attempt_count.max(1),
-            next_payment_attempt: i.next_payment_attempt,
-        },
-        InvoiceEvent::Paid => DunningChange::Closed { reason: "paid" },
-        InvoiceEvent::Voided => DunningChange::Closed { reason: "voided" },
-        InvoiceEvent::MarkedUncollectible => DunningChange::Closed {
-            reason: "uncollectible",
-        },
-        InvoiceEvent::Created | InvoiceEvent::Finalized => DunningChange::None,
-    };
+    let dunning = dunning_for(kind, i);
     let record = InvoiceRecord {
         invoice_id: i.id.clone(),
         number: i.number.clone(),
@@ -306,4 +305,82 @@ fn invoice(kind: InvoiceEvent, i: &Invoice) -> Result<(AccountRef, Vec<Write>), 
         subscription_id: i.subscription_id().map(str::to_owned),
     };
     Ok((account, vec![Write::Invoice(record, dunning)]))
+}
+
+/// What the invoice's own state means for its dunning case. Decided from the object, not from
+/// the event's type, so that a same-second tie settled with the invoice fetched from Stripe
+/// ends the same way in either order (a fetched `uncollectible` invoice closes the case even
+/// when the event that lost the tie was a `payment_failed`). The type only fills in a failed
+/// attempt that Stripe has not counted yet on the object.
+pub fn dunning_for(kind: InvoiceEvent, i: &Invoice) -> DunningChange {
+    match i.status.as_deref() {
+        Some("paid") => DunningChange::Closed { reason: "paid" },
+        Some("void") => DunningChange::Closed { reason: "voided" },
+        Some("uncollectible") => DunningChange::Closed {
+            reason: "uncollectible",
+        },
+        Some("open") if i.attempt_count > 0 || kind == InvoiceEvent::PaymentFailed => {
+            DunningChange::Failed {
+                attempt_count: i.attempt_count.max(1),
+                next_payment_attempt: i.next_payment_attempt,
+            }
+        }
+        _ => DunningChange::None,
+    }
+}
+
+/// A credit pack is granted only for its full price in the catalog's currency: metadata alone
+/// (which any session creator sets) is not proof of payment. Pack checkouts allow no discounts,
+/// so the amount must match exactly; a mismatch is dead-lettered for an operator to review.
+pub fn check_payment(
+    pack_id: &str,
+    price: u64,
+    currency: &str,
+    amount_total: Option<i64>,
+    paid_currency: Option<&str>,
+) -> Result<u64, PlanError> {
+    let amount = amount_total.and_then(|a| u64::try_from(a).ok());
+    match (amount, paid_currency) {
+        (Some(a), Some(c)) if a == price && c.eq_ignore_ascii_case(currency) => Ok(a),
+        _ => Err(PlanError::PaymentMismatch {
+            pack: pack_id.to_owned(),
+            expected: format!("{price} {currency}"),
+            paid: format!(
+                "{} {}",
+                amount_total.map_or_else(|| "no amount".to_owned(), |a| a.to_string()),
+                paid_currency.unwrap_or("no currency")
+            ),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pack_is_paid_only_by_its_price_in_the_catalog_currency() {
+        assert_eq!(
+            check_payment("p", 1000, "usd", Some(1000), Some("usd")),
+            Ok(1000)
+        );
+        assert_eq!(
+            check_payment("p", 1000, "usd", Some(1000), Some("USD")),
+            Ok(1000)
+        );
+        for (amount, currency) in [
+            (Some(1), Some("usd")),
+            (Some(1001), Some("usd")),
+            (Some(1000), Some("eur")),
+            (None, Some("usd")),
+            (Some(1000), None),
+            (Some(-1000), Some("usd")),
+        ] {
+            let err = check_payment("p", 1000, "usd", amount, currency).unwrap_err();
+            assert!(
+                err.to_string().contains("credit pack `p` costs 1000 usd"),
+                "{err}"
+            );
+        }
+    }
 }

@@ -89,9 +89,17 @@ pub struct EventPage {
     pub has_more: bool,
 }
 
+/// One attempt of a Stripe call may take this long before it is abandoned and retried.
+pub const ATTEMPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// A whole Stripe call, retries and backoff included, never takes longer than this: a hung
+/// Stripe must not run a batch into the Lambda timeout (every unprocessed message would lose a
+/// receive). Callers that must finish before a deadline budget for it.
+pub const CALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct RealStripe {
     client: stripe::Client,
+    budget: std::time::Duration,
 }
 
 impl std::fmt::Debug for RealStripe {
@@ -104,15 +112,26 @@ impl RealStripe {
     /// A client for `api_key`; `base_url` points it elsewhere than `https://api.stripe.com`
     /// (the local simulator).
     pub fn new(api_key: &SecretString, base_url: Option<&str>) -> anyhow::Result<Self> {
+        Self::with_timeouts(api_key, base_url, ATTEMPT_TIMEOUT, CALL_BUDGET)
+    }
+
+    /// As `new`, with other limits per attempt and per call.
+    pub fn with_timeouts(
+        api_key: &SecretString,
+        base_url: Option<&str>,
+        attempt: std::time::Duration,
+        budget: std::time::Duration,
+    ) -> anyhow::Result<Self> {
         let mut builder = stripe::ClientBuilder::new(api_key.expose())
-            .request_strategy(stripe::RequestStrategy::ExponentialBackoff(4));
+            .request_strategy(stripe::RequestStrategy::ExponentialBackoff(4))
+            .timeout(attempt);
         if let Some(url) = base_url {
             builder = builder.url(url);
         }
         let client = builder
             .build()
             .map_err(|e| anyhow::anyhow!("building the Stripe client: {e}"))?;
-        Ok(Self { client })
+        Ok(Self { client, budget })
     }
 
     async fn get(&self, path: String, what: String) -> Result<serde_json::Value, StripeApiError> {
@@ -125,10 +144,15 @@ impl RealStripe {
         query: Option<serde_json::Value>,
         what: String,
     ) -> Result<serde_json::Value, StripeApiError> {
-        let value = RawGet { path, query }
-            .customize()
-            .send(&self.client)
+        let call = RawGet { path, query }.customize().send(&self.client);
+        let value = tokio::time::timeout(self.budget, call)
             .await
+            .map_err(|_| {
+                StripeApiError::Failed(format!(
+                    "no answer for {what} within {} s",
+                    self.budget.as_secs_f32()
+                ))
+            })?
             .map_err(|e| match e {
                 stripe::StripeError::Stripe(_, 404) => StripeApiError::NotFound(what),
                 other => StripeApiError::Failed(other.to_string()),
