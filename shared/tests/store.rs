@@ -261,6 +261,7 @@ async fn credits_granted_once_and_clawed_back_exactly(
         pack_id: "credits_small".into(),
         credits: 1_000_000,
         amount_paid: 1000,
+        refunded_before: None,
     };
     let credits = || async { store.account(a).await.unwrap().unwrap().credits };
     assert_eq!(apply("evt_c1", grant()).await, ApplyResult::Applied);
@@ -333,6 +334,261 @@ async fn customers_are_linked(store: &impl BillingStore, account: &AccountId) {
     assert_eq!(store.customer_account("cus_nobody").await.unwrap(), None);
 }
 
+/// An ended subscription never becomes current again, even through a late event that arrives
+/// after another subscription ended too (the account would get the plan for free).
+async fn ended_subscriptions_never_return(store: &impl BillingStore, account: &AccountId) {
+    use SubscriptionStatus::*;
+    let a = account;
+    let apply = |id: &'static str, t: i64, w: Vec<Write>| async move {
+        store
+            .apply(&event(id, t, a), "applied", &w, WriteMode::Newer)
+            .await
+            .unwrap()
+    };
+    let ended = |id: &str| Write::SubscriptionEnded {
+        subscription_id: id.into(),
+    };
+    // sub_a deleted (t=60) applies before its own `active` (t=50), which failed delivery.
+    assert_eq!(
+        apply(
+            "evt_e1",
+            60,
+            vec![ended("sub_a"), sub("sub_a", Canceled, "pro")]
+        )
+        .await,
+        ApplyResult::Applied
+    );
+    assert_eq!(
+        apply("evt_e2", 100, vec![sub("sub_b", Active, "pro")]).await,
+        ApplyResult::Applied
+    );
+    assert_eq!(
+        apply(
+            "evt_e3",
+            300,
+            vec![ended("sub_b"), sub("sub_b", Canceled, "pro")]
+        )
+        .await,
+        ApplyResult::Applied
+    );
+    // Stripe's retry of sub_a's t=50 `active`: stale, the account stays free.
+    assert_eq!(
+        apply("evt_e4", 50, vec![sub("sub_a", Active, "pro")]).await,
+        ApplyResult::Conflict {
+            index: 0,
+            verdict: Verdict::Stale
+        }
+    );
+    let view = store.account(a).await.unwrap().unwrap();
+    assert_eq!(view.plan, "free");
+    assert_eq!(view.subscription.unwrap().subscription_id, "sub_b");
+    // The end of a subscription that is not current: the slot refuses it, its end is kept.
+    assert_eq!(
+        apply("evt_e5", 400, vec![sub("sub_c", Active, "enterprise")]).await,
+        ApplyResult::Applied
+    );
+    assert_eq!(
+        apply(
+            "evt_e6",
+            500,
+            vec![ended("sub_d"), sub("sub_d", Canceled, "pro")]
+        )
+        .await,
+        ApplyResult::Conflict {
+            index: 1,
+            verdict: Verdict::Stale
+        }
+    );
+    assert_eq!(
+        apply("evt_e7", 500, vec![ended("sub_d")]).await,
+        ApplyResult::Applied
+    );
+    assert_eq!(
+        apply("evt_e8", 450, vec![sub("sub_d", Active, "pro")]).await,
+        ApplyResult::Conflict {
+            index: 0,
+            verdict: Verdict::Stale
+        }
+    );
+    assert_eq!(store.account(a).await.unwrap().unwrap().plan, "enterprise");
+}
+
+/// An upgrade left `incomplete` (3-D Secure abandoned) never drops a paying account to free.
+async fn a_subscription_without_a_plan_never_displaces_a_paying_one(
+    store: &impl BillingStore,
+    account: &AccountId,
+) {
+    use SubscriptionStatus::*;
+    let a = account;
+    let apply = |id: &'static str, t: i64, w: Vec<Write>| async move {
+        store
+            .apply(&event(id, t, a), "applied", &w, WriteMode::Newer)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        apply("evt_i1", 100, vec![sub("sub_a", Active, "pro")]).await,
+        ApplyResult::Applied
+    );
+    assert_eq!(
+        apply("evt_i2", 200, vec![sub("sub_b", Incomplete, "enterprise")]).await,
+        ApplyResult::Conflict {
+            index: 0,
+            verdict: Verdict::Stale
+        }
+    );
+    let ended = Write::SubscriptionEnded {
+        subscription_id: "sub_b".into(),
+    };
+    assert_eq!(
+        apply(
+            "evt_i3",
+            300,
+            vec![ended, sub("sub_b", IncompleteExpired, "enterprise")]
+        )
+        .await,
+        ApplyResult::Conflict {
+            index: 1,
+            verdict: Verdict::Stale
+        }
+    );
+    let view = store.account(a).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            view.plan.as_str(),
+            view.subscription.unwrap().subscription_id.as_str()
+        ),
+        ("pro", "sub_a")
+    );
+    // A completed upgrade does replace it.
+    assert_eq!(
+        apply("evt_i4", 400, vec![sub("sub_e", Active, "enterprise")]).await,
+        ApplyResult::Applied
+    );
+    assert_eq!(store.account(a).await.unwrap().unwrap().plan, "enterprise");
+}
+
+/// A refund applied before its grant (the grant was dead-lettered, or came in another message
+/// group) is remembered: the grant adds only the unrefunded share, and later refunds continue
+/// from it.
+async fn a_refund_before_its_grant_is_honoured(store: &impl BillingStore, account: &AccountId) {
+    let a = account;
+    let apply = |id: &'static str, w: Write| async move {
+        store
+            .apply(&event(id, 10, a), "applied", &[w], WriteMode::Newer)
+            .await
+            .unwrap()
+    };
+    let refund = |total| Write::ClawBack {
+        grant_id: "pi_9".into(),
+        amount_refunded: total,
+    };
+    let grant = |refunded_before| Write::GrantCredits {
+        grant_id: "pi_9".into(),
+        pack_id: "credits_small".into(),
+        credits: 1_000_000,
+        amount_paid: 1000,
+        refunded_before,
+    };
+    assert_eq!(apply("evt_r1", refund(400)).await, ApplyResult::Applied);
+    // An older running total changes nothing.
+    assert_eq!(
+        apply("evt_r2", refund(100)).await,
+        ApplyResult::Conflict {
+            index: 0,
+            verdict: Verdict::Stale
+        }
+    );
+    assert_eq!(
+        apply("evt_g1", grant(None)).await,
+        ApplyResult::Conflict {
+            index: 0,
+            verdict: Verdict::RefundedBeforeGrant {
+                amount_refunded: 400
+            }
+        }
+    );
+    assert_eq!(
+        apply("evt_g1", grant(Some(400))).await,
+        ApplyResult::Applied
+    );
+    assert_eq!(store.account(a).await.unwrap().unwrap().credits, 600_000);
+    assert_eq!(apply("evt_r3", refund(1000)).await, ApplyResult::Applied);
+    assert_eq!(store.account(a).await.unwrap().unwrap().credits, 0);
+}
+
+/// A checkout names the account's customer and email with its grant, in one transaction (two
+/// writes on the account item, merged into one operation).
+async fn checkout_names_the_customer_with_its_grant(
+    store: &impl BillingStore,
+    account: &AccountId,
+) {
+    let writes = [
+        Write::LinkCustomer {
+            customer_id: "cus_k".into(),
+        },
+        Write::AccountCustomer {
+            customer_id: "cus_k".into(),
+            email: Some("ada@example.com".into()),
+        },
+        Write::GrantCredits {
+            grant_id: "pi_k".into(),
+            pack_id: "credits_small".into(),
+            credits: 1_000_000,
+            amount_paid: 1000,
+            refunded_before: None,
+        },
+    ];
+    assert_eq!(
+        store
+            .apply(
+                &event("evt_k1", 10, account),
+                "applied",
+                &writes,
+                WriteMode::Newer
+            )
+            .await
+            .unwrap(),
+        ApplyResult::Applied
+    );
+    let view = store.account(account).await.unwrap().unwrap();
+    assert_eq!(view.customer_id.as_deref(), Some("cus_k"));
+    assert_eq!(view.email.as_deref(), Some("ada@example.com"));
+    assert_eq!(view.credits, 1_000_000);
+    // A later checkout never overwrites what is known; the versioned profile does.
+    let again = [Write::AccountCustomer {
+        customer_id: "cus_other".into(),
+        email: Some("someone@example.com".into()),
+    }];
+    store
+        .apply(
+            &event("evt_k2", 11, account),
+            "applied",
+            &again,
+            WriteMode::Newer,
+        )
+        .await
+        .unwrap();
+    let profile = [Write::CustomerProfile {
+        customer_id: "cus_k".into(),
+        email: Some("billing@example.com".into()),
+        name: None,
+        deleted: false,
+    }];
+    store
+        .apply(
+            &event("evt_k3", 12, account),
+            "applied",
+            &profile,
+            WriteMode::Newer,
+        )
+        .await
+        .unwrap();
+    let view = store.account(account).await.unwrap().unwrap();
+    assert_eq!(view.customer_id.as_deref(), Some("cus_k"));
+    assert_eq!(view.email.as_deref(), Some("billing@example.com"));
+}
+
 macro_rules! both_stores {
     ($($name:ident),*) => {
         mod in_memory {
@@ -361,11 +617,29 @@ both_stores!(
     subscription_ordering,
     invoices_and_dunning,
     credits_granted_once_and_clawed_back_exactly,
-    customers_are_linked
+    customers_are_linked,
+    ended_subscriptions_never_return,
+    a_subscription_without_a_plan_never_displaces_a_paying_one,
+    a_refund_before_its_grant_is_honoured,
+    checkout_names_the_customer_with_its_grant
 );
 
 mod support {
     use super::*;
+
+    /// One table for the whole property run (each case uses its own account).
+    pub async fn shared_dynamodb_store() -> (DynamoDbBillingStore, ()) {
+        static TABLE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let client = testkit::dynamodb().await;
+        let table = match TABLE.get() {
+            Some(t) => t.clone(),
+            None => {
+                let t = testkit::billing_table(&client, "same-rules").await;
+                TABLE.get_or_init(|| t).clone()
+            }
+        };
+        (DynamoDbBillingStore::new(client, table), ())
+    }
 
     /// A fresh table shaped like template.yaml's, on DynamoDB Local.
     pub async fn dynamodb_store(test: &str) -> (DynamoDbBillingStore, AccountId) {
@@ -375,5 +649,100 @@ mod support {
             DynamoDbBillingStore::new(client, table),
             AccountId::parse(&format!("acct_{test}")).unwrap(),
         )
+    }
+}
+
+/// Random sequences of subscription and invoice writes, duplicated and out of order, applied
+/// to both stores: every answer and the final state agree, so the DynamoDB conditions restate
+/// the pure rules exactly.
+mod same_rules {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Sub(usize, usize),
+        Invoice(usize, usize),
+    }
+
+    const SUBS: [&str; 3] = ["sub_a", "sub_b", "sub_c"];
+    const STATUSES: [SubscriptionStatus; 8] = [
+        SubscriptionStatus::Incomplete,
+        SubscriptionStatus::IncompleteExpired,
+        SubscriptionStatus::Trialing,
+        SubscriptionStatus::Active,
+        SubscriptionStatus::PastDue,
+        SubscriptionStatus::Canceled,
+        SubscriptionStatus::Unpaid,
+        SubscriptionStatus::Paused,
+    ];
+
+    fn writes(step: &Step) -> Vec<Write> {
+        match step {
+            Step::Sub(id, status) => {
+                let status = STATUSES[*status];
+                let mut w = Vec::new();
+                if status.is_terminal() {
+                    w.push(Write::SubscriptionEnded {
+                        subscription_id: SUBS[*id].into(),
+                    });
+                }
+                w.push(sub(SUBS[*id], status, "pro"));
+                w
+            }
+            Step::Invoice(id, kind) => {
+                let id = ["in_1", "in_2"][*id];
+                vec![match kind {
+                    0 => invoice(id, "open", DunningChange::None),
+                    1 => invoice(
+                        id,
+                        "open",
+                        DunningChange::Failed {
+                            attempt_count: 1,
+                            next_payment_attempt: Some(5),
+                        },
+                    ),
+                    2 => invoice(id, "paid", DunningChange::Closed { reason: "paid" }),
+                    _ => invoice(id, "void", DunningChange::Closed { reason: "voided" }),
+                }]
+            }
+        }
+    }
+
+    fn step() -> impl Strategy<Value = (Step, i64)> {
+        (
+            prop_oneof![
+                (0..3usize, 0..8usize).prop_map(|(a, b)| Step::Sub(a, b)),
+                (0..2usize, 0..4usize).prop_map(|(a, b)| Step::Invoice(a, b)),
+            ],
+            1..6i64,
+        )
+    }
+
+    static CASE: AtomicUsize = AtomicUsize::new(0);
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+        #[test]
+        fn both_stores_agree(steps in proptest::collection::vec(step(), 1..12)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let (dynamo, _) = support::shared_dynamodb_store().await;
+                let memory = InMemoryBillingStore::new();
+                let case = CASE.fetch_add(1, Ordering::SeqCst);
+                let account = AccountId::parse(&format!("acct_rules_{case}")).unwrap();
+                for (i, (step, t)) in steps.iter().enumerate() {
+                    // Each step is a new event; a step may repeat an earlier one's content.
+                    let e = event(&format!("evt_p{case}_{i}"), *t, &account);
+                    let w = writes(step);
+                    let m = memory.apply(&e, "applied", &w, WriteMode::Newer).await.unwrap();
+                    let d = dynamo.apply(&e, "applied", &w, WriteMode::Newer).await.unwrap();
+                    assert_eq!(m, d, "step {i}: {step:?} at {t}");
+                }
+                assert_eq!(memory.account(&account).await.unwrap(), dynamo.account(&account).await.unwrap());
+                assert_eq!(memory.invoices(&account).await.unwrap(), dynamo.invoices(&account).await.unwrap());
+            });
+        }
     }
 }

@@ -53,6 +53,7 @@ async fn accounts_and_invoices_show_what_the_processor_wrote() {
             pack_id: "credits_small".into(),
             credits: 1_000_000,
             amount_paid: 1000,
+            refunded_before: None,
         },
         Write::Invoice(
             InvoiceRecord {

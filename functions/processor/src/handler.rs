@@ -241,27 +241,73 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
             return self.record(&record, Outcome::NoAccount).await;
         }
 
+        let mut writes = effects.writes;
+        // A refund found before its grant changes the grant once; a second change in the same
+        // delivery means the ledger moves under us: SQS retries.
+        for _ in 0..3 {
+            match self
+                .store
+                .apply(&record, "applied", &writes, WriteMode::Newer)
+                .await?
+            {
+                ApplyResult::Applied => return Ok(Outcome::Applied),
+                ApplyResult::Duplicate => return Ok(Outcome::Duplicate),
+                ApplyResult::Conflict {
+                    verdict: Verdict::Stale,
+                    ..
+                } => return self.record_stale(&record, &writes).await,
+                ApplyResult::Conflict {
+                    index,
+                    verdict: Verdict::Tie,
+                } => return self.break_tie(event, &record, &writes[index]).await,
+                ApplyResult::Conflict {
+                    index,
+                    verdict: Verdict::RefundedBeforeGrant { amount_refunded },
+                } => {
+                    info!(event_id = %event.id, amount_refunded, "the payment was refunded before its credits were granted: granting the rest");
+                    if let Write::GrantCredits {
+                        refunded_before, ..
+                    } = &mut writes[index]
+                    {
+                        *refunded_before = Some(amount_refunded);
+                    }
+                }
+                ApplyResult::Conflict {
+                    verdict: Verdict::Apply,
+                    ..
+                } => break,
+            }
+        }
+        Err(ProcessError::Store(StoreError::Retryable(anyhow::anyhow!(
+            "a write was refused that the rules accept"
+        ))))
+    }
+
+    /// A stale event: its marker, with the facts that hold whatever its age (a subscription's
+    /// end, the customer's account), and nothing else.
+    async fn record_stale(
+        &self,
+        record: &EventRecord,
+        writes: &[Write],
+    ) -> Result<Outcome, ProcessError> {
+        let kept: Vec<Write> = writes
+            .iter()
+            .filter(|w| w.holds_when_stale())
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            return self.record(record, Outcome::Stale).await;
+        }
         match self
             .store
-            .apply(&record, "applied", &effects.writes, WriteMode::Newer)
+            .apply(record, Outcome::Stale.marker(), &kept, WriteMode::Newer)
             .await?
         {
-            ApplyResult::Applied => Ok(Outcome::Applied),
+            ApplyResult::Applied => Ok(Outcome::Stale),
             ApplyResult::Duplicate => Ok(Outcome::Duplicate),
-            ApplyResult::Conflict {
-                verdict: Verdict::Stale,
-                ..
-            } => self.record(&record, Outcome::Stale).await,
-            ApplyResult::Conflict {
-                index,
-                verdict: Verdict::Tie,
-            } => self.break_tie(event, &record, &effects.writes[index]).await,
-            ApplyResult::Conflict {
-                verdict: Verdict::Apply,
-                ..
-            } => Err(ProcessError::Store(StoreError::Retryable(anyhow::anyhow!(
-                "a write was refused that the ordering rules accept"
-            )))),
+            ApplyResult::Conflict { .. } => Err(ProcessError::Store(StoreError::Retryable(
+                anyhow::anyhow!("a fact of a stale event was refused"),
+            ))),
         }
     }
 
@@ -313,7 +359,7 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
             ApplyResult::Conflict {
                 verdict: Verdict::Stale,
                 ..
-            } => self.record(record, Outcome::Stale).await,
+            } => self.record_stale(record, &effects.writes).await,
             ApplyResult::Conflict { .. } => Err(ProcessError::Store(StoreError::Retryable(
                 anyhow::anyhow!("the state changed while a tie was being settled"),
             ))),

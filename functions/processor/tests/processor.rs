@@ -704,3 +704,258 @@ async fn no_message_is_started_too_close_to_the_deadline() {
     assert!(response.batch_item_failures.is_empty());
     assert_eq!(p.store().invoices(&account()).await.unwrap().len(), 1);
 }
+
+async fn plan_and_subscription(p: &support::TestProcessor) -> (String, Option<String>) {
+    let view = p.store().account(&account()).await.unwrap().unwrap();
+    (view.plan, view.subscription.map(|s| s.subscription_id))
+}
+
+/// `sub_a` active (t=50) fails delivery; `sub_a` deleted (t=60) applies; `sub_b` starts and
+/// ends (t=300); then Stripe's retry of the t=50 event arrives. The account stays free.
+#[tokio::test]
+async fn an_ended_subscription_never_returns_through_another_one() {
+    let p = processor();
+    let e = |id, t, ty, s, status| event(id, ty, t, subscription(s, status, "price_pro_monthly"));
+    let deleted = "customer.subscription.deleted";
+    let updated = "customer.subscription.updated";
+    assert_eq!(
+        p.apply(&e("evt_a60", 60, deleted, "sub_a", "canceled"), NOW)
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        p.apply(
+            &e(
+                "evt_b100",
+                100,
+                "customer.subscription.created",
+                "sub_b",
+                "active"
+            ),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        plan_and_subscription(&p).await,
+        ("pro".into(), Some("sub_b".into()))
+    );
+    assert_eq!(
+        p.apply(&e("evt_b300", 300, deleted, "sub_b", "canceled"), NOW)
+            .await
+            .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        p.apply(&e("evt_a50", 50, updated, "sub_a", "active"), NOW)
+            .await
+            .unwrap(),
+        Outcome::Stale
+    );
+    assert_eq!(
+        plan_and_subscription(&p).await,
+        ("free".into(), Some("sub_b".into()))
+    );
+    // A subscription that ends while another is current: its end is still remembered.
+    assert_eq!(
+        p.apply(
+            &e(
+                "evt_c400",
+                400,
+                "customer.subscription.created",
+                "sub_c",
+                "active"
+            ),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(
+        p.apply(&e("evt_d500", 500, deleted, "sub_d", "canceled"), NOW)
+            .await
+            .unwrap(),
+        Outcome::Stale
+    );
+    assert_eq!(
+        p.apply(&e("evt_d450", 450, updated, "sub_d", "active"), NOW)
+            .await
+            .unwrap(),
+        Outcome::Stale
+    );
+    assert_eq!(
+        plan_and_subscription(&p).await,
+        ("pro".into(), Some("sub_c".into()))
+    );
+}
+
+/// An upgrade whose payment is abandoned (`incomplete`, then `incomplete_expired`) leaves the
+/// paying subscription in place; a completed one replaces it.
+#[tokio::test]
+async fn an_abandoned_upgrade_keeps_the_paid_plan() {
+    let p = processor();
+    let e = |id, t, ty, s, status, price| event(id, ty, t, subscription(s, status, price));
+    let created = "customer.subscription.created";
+    p.apply(
+        &e(
+            "evt_a",
+            100,
+            created,
+            "sub_a",
+            "active",
+            "price_pro_monthly",
+        ),
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        p.apply(
+            &e(
+                "evt_b1",
+                200,
+                created,
+                "sub_b",
+                "incomplete",
+                "price_enterprise_monthly"
+            ),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Outcome::Stale
+    );
+    assert_eq!(
+        plan_and_subscription(&p).await,
+        ("pro".into(), Some("sub_a".into()))
+    );
+    assert_eq!(
+        p.apply(
+            &e(
+                "evt_b2",
+                300,
+                "customer.subscription.updated",
+                "sub_b",
+                "incomplete_expired",
+                "price_enterprise_monthly"
+            ),
+            NOW
+        )
+        .await
+        .unwrap(),
+        Outcome::Stale
+    );
+    assert_eq!(
+        plan_and_subscription(&p).await,
+        ("pro".into(), Some("sub_a".into()))
+    );
+    p.apply(
+        &e(
+            "evt_c",
+            400,
+            created,
+            "sub_c",
+            "active",
+            "price_enterprise_monthly",
+        ),
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        plan_and_subscription(&p).await,
+        ("enterprise".into(), Some("sub_c".into()))
+    );
+    p.apply(
+        &e(
+            "evt_a_end",
+            410,
+            "customer.subscription.deleted",
+            "sub_a",
+            "canceled",
+            "price_pro_monthly",
+        ),
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        plan_and_subscription(&p).await,
+        ("enterprise".into(), Some("sub_c".into()))
+    );
+}
+
+/// `charge.refunded` processed before the grant it refunds: the grant adds only what was not
+/// refunded, and a later full refund takes the rest.
+#[tokio::test]
+async fn a_refund_processed_before_its_grant_is_honoured() {
+    let p = processor();
+    let credits = || async {
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .map_or(0, |a| a.credits)
+    };
+    let refund = |id, t, amount| event(id, "charge.refunded", t, refunded_charge("pi_9", amount));
+    assert_eq!(
+        p.apply(&refund("evt_r1", 200, 400), NOW).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(credits().await, 0);
+    let grant = event(
+        "evt_g",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_9", "pi_9", true),
+    );
+    assert_eq!(p.apply(&grant, NOW).await.unwrap(), Outcome::Applied);
+    assert_eq!(credits().await, 600_000);
+    assert_eq!(p.apply(&grant, NOW).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(
+        p.apply(&refund("evt_r2", 300, 1000), NOW).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(credits().await, 0);
+}
+
+/// The account names its customer and billing email as soon as Checkout links them, before
+/// any `customer.*` event.
+#[tokio::test]
+async fn a_checkout_names_the_accounts_customer() {
+    let p = processor();
+    let e = event(
+        "evt_k",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_k", "pi_k", false),
+    );
+    assert_eq!(p.apply(&e, NOW).await.unwrap(), Outcome::Applied);
+    let view = p
+        .store()
+        .account(&account())
+        .await
+        .unwrap()
+        .expect("the account exists once linked");
+    assert_eq!(view.customer_id.as_deref(), Some(CUSTOMER));
+    assert_eq!(view.email.as_deref(), Some("example@example.com"));
+    // A subscription event names it too.
+    let q = processor();
+    q.apply(
+        &event(
+            "evt_s",
+            "customer.subscription.created",
+            100,
+            subscription("sub_1", "active", "price_pro_monthly"),
+        ),
+        NOW,
+    )
+    .await
+    .unwrap();
+    let view = q.store().account(&account()).await.unwrap().unwrap();
+    assert_eq!(view.customer_id.as_deref(), Some(CUSTOMER));
+}

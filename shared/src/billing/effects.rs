@@ -60,6 +60,13 @@ pub enum DunningChange {
 pub enum Write {
     /// Remember which account a Stripe customer belongs to (idempotent).
     LinkCustomer { customer_id: String },
+    /// The account names its Stripe customer (and the email given at checkout) as soon as an
+    /// event links them, without waiting for a `customer.*` event. Never overwrites what is
+    /// known: the versioned `CustomerProfile` stays authoritative.
+    AccountCustomer {
+        customer_id: String,
+        email: Option<String>,
+    },
     /// Billing contact, for notifications. Versioned by event time.
     CustomerProfile {
         customer_id: String,
@@ -69,21 +76,41 @@ pub enum Write {
     },
     /// The account's subscription, plan and period. Versioned; an ended one never comes back.
     Subscription(SubscriptionState),
+    /// Remember that a subscription ended, so that no late event makes it current again, even
+    /// when it is not the account's current subscription.
+    SubscriptionEnded { subscription_id: String },
     /// An invoice the app can list, with its dunning case. Versioned per invoice, so a stale
     /// `payment_failed` can never reopen a case that a newer `paid` closed.
     Invoice(InvoiceRecord, DunningChange),
     /// Grant a paid credit pack, once per payment (ledger entry and balance together).
+    /// `refunded_before`: the running refunded total a refund processed before this grant
+    /// recorded (the grant then adds only the unrefunded share).
     GrantCredits {
         grant_id: String,
         pack_id: String,
         credits: u64,
         amount_paid: u64,
+        refunded_before: Option<u64>,
     },
-    /// Take back the refunded share of a pack's unspent credits.
+    /// Take back the refunded share of what is left of the refunded pack (see `credits`); a
+    /// refund without its grant yet is remembered for the grant.
     ClawBack {
         grant_id: String,
         amount_refunded: u64,
     },
+}
+
+impl Write {
+    /// Facts that hold even when the event is otherwise older than the stored state: they are
+    /// written with the marker of a stale event (a subscription's end, a customer's account).
+    pub fn holds_when_stale(&self) -> bool {
+        matches!(
+            self,
+            Write::LinkCustomer { .. }
+                | Write::AccountCustomer { .. }
+                | Write::SubscriptionEnded { .. }
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,6 +238,12 @@ fn checkout(s: &CheckoutSession, catalog: &Catalog) -> Result<(AccountRef, Vec<W
         writes.push(Write::LinkCustomer {
             customer_id: customer.to_owned(),
         });
+        if matches!(account, AccountRef::Known(_)) {
+            writes.push(Write::AccountCustomer {
+                customer_id: customer.to_owned(),
+                email: s.customer_details.as_ref().and_then(|d| d.email.clone()),
+            });
+        }
     }
     // Asynchronous payment methods complete the session unpaid; their credits come with
     // `checkout.session.async_payment_succeeded`.
@@ -234,6 +267,7 @@ fn checkout(s: &CheckoutSession, catalog: &Catalog) -> Result<(AccountRef, Vec<W
             pack_id: pack.id.clone(),
             credits: pack.credits,
             amount_paid,
+            refunded_before: None,
         });
     }
     Ok((account, writes))
@@ -269,6 +303,15 @@ fn subscription(
     if matches!(account, AccountRef::Known(_)) {
         writes.push(Write::LinkCustomer {
             customer_id: s.customer.id().to_owned(),
+        });
+        writes.push(Write::AccountCustomer {
+            customer_id: s.customer.id().to_owned(),
+            email: None,
+        });
+    }
+    if status.is_terminal() {
+        writes.push(Write::SubscriptionEnded {
+            subscription_id: s.id.clone(),
         });
     }
     writes.push(Write::Subscription(SubscriptionState {

@@ -17,6 +17,9 @@ pub enum Verdict {
     Stale,
     /// Same second as what is stored: fetch the object from Stripe and write that.
     Tie,
+    /// A credit grant that finds its payment already (partly) refunded: grant it net of the
+    /// refunded share (`credits::grant_after_refund`), with the running refunded amount seen.
+    RefundedBeforeGrant { amount_refunded: u64 },
 }
 
 /// The general rule for an object whose stored state was written at `stored`.
@@ -37,29 +40,49 @@ pub struct SubscriptionVersion<'a> {
     pub version: i64,
 }
 
-/// The account keeps one subscription. For the same subscription, newer wins and an ended one
-/// never comes back (Stripe cannot reactivate a canceled subscription). Across subscriptions
-/// (a customer who cancels and subscribes again): a live subscription replaces an ended one
-/// whatever the timestamps, and the ending of a subscription that is not the account's current
-/// one changes nothing.
+/// Whether `incoming` may become the account's current subscription, replacing `stored`.
+///
+/// The account keeps one current subscription (the usage path reads its plan and period from
+/// the account item alone). Besides it, every subscription that ended is remembered
+/// (`ended_before`): an ended subscription never becomes current again, whatever arrives late.
+///
+/// - The same subscription: newer wins; once ended it stays ended.
+/// - Another subscription's ending leaves the current one alone (its end is still remembered).
+/// - Another live subscription replaces an ended current one; replaces a live one that grants no
+///   plan (incomplete, unpaid, paused) when it grants one itself; and otherwise (both grant a plan,
+///   or neither does) replaces it only when newer. A live subscription that grants no plan never
+///   replaces one that does: an abandoned upgrade (`incomplete`, 3-D Secure not completed) must
+///   not drop a paying account to free. In the same second, the greater id wins, so two
+///   subscriptions created together end in the same state in either order.
 pub fn judge_subscription(
     stored: Option<SubscriptionVersion<'_>>,
     incoming: SubscriptionVersion<'_>,
+    ended_before: bool,
 ) -> Verdict {
+    if ended_before && !incoming.status.is_terminal() {
+        return Verdict::Stale;
+    }
     let Some(stored) = stored else {
         return Verdict::Apply;
     };
-    let ended = stored.status.is_terminal();
     if stored.id == incoming.id {
-        if ended && !incoming.status.is_terminal() {
+        if stored.status.is_terminal() && !incoming.status.is_terminal() {
             return Verdict::Stale;
         }
         return judge(Some(stored.version), incoming.version);
     }
-    match (ended, incoming.status.is_terminal()) {
+    if incoming.status.is_terminal() {
+        return Verdict::Stale;
+    }
+    if stored.status.is_terminal() {
+        return Verdict::Apply;
+    }
+    let newer = incoming.version > stored.version
+        || (incoming.version == stored.version && incoming.id > stored.id);
+    match (incoming.status.grants_plan(), stored.status.grants_plan()) {
         (true, false) => Verdict::Apply,
-        (true, true) if incoming.version > stored.version => Verdict::Apply,
-        (false, false) if incoming.version > stored.version => Verdict::Apply,
+        (false, true) => Verdict::Stale,
+        _ if newer => Verdict::Apply,
         _ => Verdict::Stale,
     }
 }
@@ -87,7 +110,7 @@ mod tests {
 
     #[test]
     fn an_ended_subscription_stays_ended() {
-        let j = |stored, incoming| judge_subscription(Some(stored), incoming);
+        let j = |stored, incoming| judge_subscription(Some(stored), incoming, false);
         assert_eq!(j(v("a", Canceled, 10), v("a", Active, 99)), Verdict::Stale);
         assert_eq!(
             j(v("a", IncompleteExpired, 10), v("a", Active, 99)),
@@ -103,15 +126,53 @@ mod tests {
     }
 
     #[test]
+    fn an_ended_subscription_never_returns_through_another_one() {
+        // a ended (remembered); b is current and ended too; a late `active` of a stays out.
+        assert_eq!(
+            judge_subscription(Some(v("b", Canceled, 300)), v("a", Active, 50), true),
+            Verdict::Stale
+        );
+        assert_eq!(
+            judge_subscription(None, v("a", Active, 50), true),
+            Verdict::Stale
+        );
+        // Its ending may still be recorded again.
+        assert_eq!(
+            judge_subscription(Some(v("a", Canceled, 60)), v("a", Canceled, 61), true),
+            Verdict::Apply
+        );
+    }
+
+    #[test]
     fn subscribing_again_after_an_ended_subscription_works() {
-        let j = |stored, incoming| judge_subscription(Some(stored), incoming);
+        let j = |stored, incoming| judge_subscription(Some(stored), incoming, false);
         // b was created before a's deletion was processed: b still becomes the subscription.
         assert_eq!(j(v("a", Canceled, 11), v("b", Active, 10)), Verdict::Apply);
         // The deletion of an old subscription does not end the current one.
         assert_eq!(j(v("b", Active, 10), v("a", Canceled, 11)), Verdict::Stale);
         assert_eq!(
-            judge_subscription(None, v("b", Trialing, 2)),
+            judge_subscription(None, v("b", Trialing, 2), false),
             Verdict::Apply
         );
+    }
+
+    #[test]
+    fn a_subscription_without_a_plan_never_displaces_one_with_a_plan() {
+        let j = |stored, incoming| judge_subscription(Some(stored), incoming, false);
+        assert_eq!(
+            j(v("a", Active, 10), v("b", Incomplete, 20)),
+            Verdict::Stale
+        );
+        assert_eq!(j(v("a", PastDue, 10), v("b", Unpaid, 20)), Verdict::Stale);
+        // ... but one with a plan displaces one without, whatever the order.
+        assert_eq!(
+            j(v("b", Incomplete, 20), v("a", Active, 10)),
+            Verdict::Apply
+        );
+        // Both with a plan (an upgrade): the newer wins; in the same second, the greater id.
+        assert_eq!(j(v("a", Active, 10), v("b", Active, 20)), Verdict::Apply);
+        assert_eq!(j(v("b", Active, 20), v("a", Active, 10)), Verdict::Stale);
+        assert_eq!(j(v("a", Active, 10), v("b", Active, 10)), Verdict::Apply);
+        assert_eq!(j(v("b", Active, 10), v("a", Active, 10)), Verdict::Stale);
     }
 }

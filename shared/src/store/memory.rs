@@ -1,13 +1,18 @@
-//! The billing store in memory: the same rules as DynamoDB, for in-process tests.
+//! The billing store in memory, for in-process tests: the same rules as DynamoDB, applied by
+//! calling `crate::billing` directly where the DynamoDB store restates them as conditions.
+//! `shared/tests/store.rs` runs one suite (examples and random sequences) against both.
+//!
+//! One mutex serialises every call: concurrency here cannot race, so concurrency claims are
+//! tested against DynamoDB Local, never against this store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
     AccountView, ApplyResult, BillingStore, DunningView, EventRecord, InvoiceView, StoreError,
     SubscriptionView, WriteMode,
 };
-use crate::billing::credits::clawback;
+use crate::billing::credits::{Grant, clawback, grant_after_refund, unspent_of};
 use crate::billing::ordering::{SubscriptionVersion, judge, judge_subscription};
 use crate::billing::{DunningChange, InvoiceRecord, SubscriptionState, Verdict, Write};
 use crate::ids::{AccountId, StripeEventId};
@@ -32,11 +37,19 @@ struct Invoice {
     next_payment_attempt: Option<i64>,
 }
 
+/// A ledger entry: a grant, or a refund that came before its grant, or both.
+#[derive(Debug, Clone, Default)]
+struct LedgerEntry {
+    granted: Option<Granted>,
+    refunded: Option<u64>,
+}
+
 #[derive(Debug, Clone)]
-struct Grant {
+struct Granted {
     credits: u64,
     amount_paid: u64,
     clawed_back: u64,
+    granted_at: i64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -44,8 +57,9 @@ struct State {
     markers: HashMap<String, String>,
     links: HashMap<String, AccountId>,
     accounts: HashMap<AccountId, Account>,
+    ended: HashSet<(AccountId, String)>,
     invoices: HashMap<(AccountId, String), Invoice>,
-    grants: HashMap<(AccountId, String), Grant>,
+    ledger: HashMap<(AccountId, String), LedgerEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -65,7 +79,11 @@ impl InMemoryBillingStore {
 
 /// Whether a write versioned `created` may replace state versioned `stored`.
 fn version_check(stored: Option<i64>, created: i64, mode: WriteMode) -> Result<(), Verdict> {
-    match (judge(stored, created), mode) {
+    passes(judge(stored, created), mode)
+}
+
+fn passes(verdict: Verdict, mode: WriteMode) -> Result<(), Verdict> {
+    match (verdict, mode) {
         (Verdict::Apply, _) | (Verdict::Tie, WriteMode::TieBreak) => Ok(()),
         (verdict, _) => Err(verdict),
     }
@@ -78,13 +96,20 @@ fn apply_write(
     created: i64,
     mode: WriteMode,
 ) -> Result<(), Verdict> {
-    // Every write but a link names the account; the processor never sends one without it.
+    // Every write names the account; the processor never sends one without it.
     let Some(account) = account else {
         return Err(Verdict::Stale);
     };
     match w {
         Write::LinkCustomer { customer_id } => {
             state.links.insert(customer_id.clone(), account.clone());
+        }
+        Write::AccountCustomer { customer_id, email } => {
+            let acc = state.accounts.entry(account.clone()).or_default();
+            acc.customer_id.get_or_insert_with(|| customer_id.clone());
+            if acc.email.is_none() {
+                acc.email = email.clone();
+            }
         }
         Write::CustomerProfile {
             customer_id,
@@ -99,7 +124,15 @@ fn apply_write(
             acc.name = name.clone();
             acc.customer_version = Some(created);
         }
+        Write::SubscriptionEnded { subscription_id } => {
+            state
+                .ended
+                .insert((account.clone(), subscription_id.clone()));
+        }
         Write::Subscription(sub) => {
+            let ended_before = state
+                .ended
+                .contains(&(account.clone(), sub.subscription_id.clone()));
             let acc = state.accounts.entry(account.clone()).or_default();
             let stored = acc.subscription.as_ref().map(|(s, v)| SubscriptionVersion {
                 id: &s.subscription_id,
@@ -111,10 +144,7 @@ fn apply_write(
                 status: sub.status,
                 version: created,
             };
-            match (judge_subscription(stored, incoming), mode) {
-                (Verdict::Apply, _) | (Verdict::Tie, WriteMode::TieBreak) => {}
-                (verdict, _) => return Err(verdict),
-            }
+            passes(judge_subscription(stored, incoming, ended_before), mode)?;
             acc.subscription = Some((sub.clone(), created));
         }
         Write::Invoice(record, dunning) => {
@@ -153,42 +183,76 @@ fn apply_write(
             grant_id,
             credits,
             amount_paid,
+            refunded_before,
             ..
         } => {
-            let key = (account.clone(), grant_id.clone());
-            if state.grants.contains_key(&key) {
+            let entry = state
+                .ledger
+                .entry((account.clone(), grant_id.clone()))
+                .or_default();
+            if entry.granted.is_some() {
                 return Err(Verdict::Stale);
             }
-            state.grants.insert(
-                key,
-                Grant {
-                    credits: *credits,
-                    amount_paid: *amount_paid,
-                    clawed_back: 0,
-                },
-            );
-            state.accounts.entry(account.clone()).or_default().credits += credits;
+            if entry.refunded != *refunded_before {
+                return Err(match entry.refunded {
+                    Some(amount_refunded) => Verdict::RefundedBeforeGrant { amount_refunded },
+                    // The processor saw a refund that is not there: read again.
+                    None => return Err(Verdict::Apply),
+                });
+            }
+            let (add, clawed_back) = match refunded_before {
+                Some(r) => grant_after_refund(*credits, *amount_paid, *r),
+                None => (*credits, 0),
+            };
+            entry.granted = Some(Granted {
+                credits: *credits,
+                amount_paid: *amount_paid,
+                clawed_back,
+                granted_at: created,
+            });
+            state.accounts.entry(account.clone()).or_default().credits += add;
         }
         Write::ClawBack {
             grant_id,
             amount_refunded,
         } => {
             let key = (account.clone(), grant_id.clone());
-            let Some(grant) = state.grants.get(&key).cloned() else {
-                return Ok(()); // not a credit pack: nothing to take back
+            let entry = state.ledger.entry(key.clone()).or_default();
+            let Some(granted) = entry.granted.clone() else {
+                // No grant yet: remember the largest running total for it.
+                if entry.refunded.is_some_and(|r| r >= *amount_refunded) {
+                    return Err(Verdict::Stale);
+                }
+                entry.refunded = Some(*amount_refunded);
+                return Ok(());
             };
-            let acc = state.accounts.entry(account.clone()).or_default();
-            let (take, total) = clawback(
-                grant.credits,
-                grant.amount_paid,
+            let balance = state.accounts.get(account).map_or(0, |a| a.credits);
+            let grants: Vec<Grant<'_>> = state
+                .ledger
+                .iter()
+                .filter(|((a, _), _)| a == account)
+                .filter_map(|((_, id), e)| {
+                    let g = e.granted.as_ref()?;
+                    Some(Grant {
+                        id: id.as_str(),
+                        granted_at: g.granted_at,
+                        credits: g.credits,
+                        clawed_back: g.clawed_back,
+                    })
+                })
+                .collect();
+            let unspent = unspent_of(&grants, grant_id, balance);
+            let c = clawback(
+                granted.credits,
+                granted.amount_paid,
                 *amount_refunded,
-                grant.clawed_back,
-                acc.credits,
+                granted.clawed_back,
+                unspent,
             );
-            acc.credits -= take;
-            if let Some(g) = state.grants.get_mut(&key) {
-                g.clawed_back = total;
+            if let Some(g) = state.ledger.get_mut(&key).and_then(|e| e.granted.as_mut()) {
+                g.clawed_back = c.clawed_back;
             }
+            state.accounts.entry(account.clone()).or_default().credits -= c.take;
         }
     }
     Ok(())
@@ -209,10 +273,14 @@ impl BillingStore for InMemoryBillingStore {
         // All or nothing: work on a copy, keep it only if every write passes.
         let mut next = state.clone();
         for (index, w) in writes.iter().enumerate() {
-            if let Err(verdict) =
-                apply_write(&mut next, event.account.as_ref(), w, event.created, mode)
-            {
-                return Ok(ApplyResult::Conflict { index, verdict });
+            match apply_write(&mut next, event.account.as_ref(), w, event.created, mode) {
+                Ok(()) => {}
+                Err(Verdict::Apply) => {
+                    return Err(StoreError::Retryable(anyhow::anyhow!(
+                        "write {index} met a concurrent change"
+                    )));
+                }
+                Err(verdict) => return Ok(ApplyResult::Conflict { index, verdict }),
             }
         }
         next.markers

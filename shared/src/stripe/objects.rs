@@ -52,6 +52,15 @@ pub struct CheckoutSession {
     pub amount_total: Option<i64>,
     #[serde(default)]
     pub currency: Option<String>,
+    #[serde(default)]
+    pub customer_details: Option<CustomerDetails>,
+}
+
+/// What the customer entered at checkout.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CustomerDetails {
+    #[serde(default)]
+    pub email: Option<String>,
 }
 
 impl CheckoutSession {
