@@ -276,7 +276,10 @@ def cold_start() -> None:
     with local_aws() as endpoints:
         endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
-        provision(tpl, endpoint, endpoints.dynamodb, {"StripeSecret": json.dumps({"api_key": "sk_test_bench", "webhook_secrets": ["whsec_local"]})})
+        provision(tpl, endpoint, endpoints.dynamodb, {
+            "StripeApiKeySecret": json.dumps({"api_key": "sk_test_bench"}),
+            "StripeWebhookSecret": json.dumps({"webhook_secrets": ["whsec_local"]}),
+        })
         functions = {f.logical_id: f for f in tpl.functions()}
 
         def env_of(name: str) -> dict:

@@ -256,8 +256,11 @@ class Stack:
         self.moto = start_moto(s)
         log(f"DynamoDB Local on {s.dynamodb_endpoint}")
         self.dynamodb = dynamodb_local.start(s.dynamodb_port, open(s.state / "logs" / "dynamodb.log", "ab"))
-        stripe_secret = json.dumps({"api_key": "sk_test_local", "webhook_secrets": s.webhook_secrets})
-        provision(self.template, s.aws_endpoint, s.dynamodb_endpoint, {"StripeSecret": stripe_secret})
+        secrets = {
+            "StripeApiKeySecret": json.dumps({"api_key": "sk_test_local"}),
+            "StripeWebhookSecret": json.dumps({"webhook_secrets": s.webhook_secrets}),
+        }
+        provision(self.template, s.aws_endpoint, s.dynamodb_endpoint, secrets)
 
         for logical_id, fn in self.functions.items():
             env = self.function_env(logical_id)

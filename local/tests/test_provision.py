@@ -1,6 +1,7 @@
 """The local queues, table and secret are exactly what template.yaml declares."""
 
 import json
+import os
 
 import pytest
 
@@ -13,7 +14,10 @@ from with_aws import local_aws
 def provisioned():
     with local_aws() as endpoints:
         tpl = Template(load(), endpoints.aws)
-        secret = {"StripeSecret": json.dumps({"api_key": "sk_test_x", "webhook_secrets": ["whsec_x"]})}
+        secret = {
+            "StripeApiKeySecret": json.dumps({"api_key": "sk_test_x"}),
+            "StripeWebhookSecret": json.dumps({"webhook_secrets": ["whsec_x"]}),
+        }
         provision(tpl, endpoints.aws, endpoints.dynamodb, secret)
         yield tpl, endpoints
 
@@ -69,32 +73,55 @@ def test_every_table_matches_its_declaration(provisioned):
 def test_concurrent_conditional_transactions_on_one_item_serialise(provisioned):
     """What the billing table's emulator must get right, and moto's threaded server does not:
     50 concurrent `[Put marker if absent, ADD 1 to a counter]` transactions on one item give
-    exactly one success and a counter of exactly one, round after round."""
+    exactly one success and a counter of exactly one, round after round. A transaction that
+    DynamoDB cancels for a conflict is retried, as the processor retries it."""
     import concurrent.futures
+    import time
+
+    import boto3
+    from botocore.config import Config
 
     tpl, endpoints = provisioned
     table = tpl.table_name("BillingTable")
-    ddb = client("dynamodb", endpoints.dynamodb)
-    for round_no in range(8):
+    # One client per caller, as 50 function instances would have, built up front: boto3's
+    # session setup is not thread-safe.
+    clients = [
+        boto3.session.Session().client(
+            "dynamodb", endpoint_url=endpoints.dynamodb, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+            config=Config(retries={"max_attempts": 1}),
+        )
+        for _ in range(50)
+    ]
+    ddb = clients[0]
+    for round_no in range(int(os.environ.get("RACE_ROUNDS", "30"))):
         marker = f"EVENT#race-{round_no}"
         account = f"ACCOUNT#race-{round_no}"
 
-        def deliver(_):
-            try:
-                client("dynamodb", endpoints.dynamodb).transact_write_items(TransactItems=[
-                    {"Put": {"TableName": table, "Item": {"pk": {"S": marker}, "sk": {"S": "EVENT"}},
-                             "ConditionExpression": "attribute_not_exists(pk)"}},
-                    {"Update": {"TableName": table, "Key": {"pk": {"S": account}, "sk": {"S": "ACCOUNT"}},
-                                "UpdateExpression": "ADD credits :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
-                ])
-                return "applied"
-            except ddb.exceptions.TransactionCanceledException as e:
-                reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
-                return "duplicate" if reasons[0] == "ConditionalCheckFailed" else f"conflict:{reasons}"
+        def deliver(caller: int) -> str:
+            client = clients[caller]
+            for attempt in range(50):
+                try:
+                    client.transact_write_items(TransactItems=[
+                        {"Put": {"TableName": table, "Item": {"pk": {"S": marker}, "sk": {"S": "EVENT"}},
+                                 "ConditionExpression": "attribute_not_exists(pk)"}},
+                        {"Update": {"TableName": table, "Key": {"pk": {"S": account}, "sk": {"S": "ACCOUNT"}},
+                                    "UpdateExpression": "ADD credits :one", "ExpressionAttributeValues": {":one": {"N": "1"}}}},
+                    ])
+                    return "applied"
+                except client.exceptions.TransactionCanceledException as e:
+                    reasons = [r.get("Code") for r in e.response.get("CancellationReasons", [])]
+                    if reasons[0] == "ConditionalCheckFailed":
+                        return "duplicate"
+                    time.sleep(0.01 * (attempt + 1))  # a conflict: retry, as the processor does
+                except client.exceptions.TransactionConflictException:
+                    time.sleep(0.01 * (attempt + 1))
+            return "gave up"
 
         with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
             outcomes = list(pool.map(deliver, range(50)))
         assert outcomes.count("applied") == 1, outcomes
+        assert outcomes.count("duplicate") == 49, outcomes
         item = ddb.get_item(TableName=table, Key={"pk": {"S": account}, "sk": {"S": "ACCOUNT"}}, ConsistentRead=True)["Item"]
         assert item["credits"] == {"N": "1"}, (round_no, item, outcomes)
 
@@ -102,8 +129,28 @@ def test_concurrent_conditional_transactions_on_one_item_serialise(provisioned):
 def test_the_secret_holds_the_local_keys(provisioned):
     tpl, endpoints = provisioned
     sm = client("secretsmanager", endpoints.aws)
-    value = sm.get_secret_value(SecretId=tpl.ref("StripeSecret"))["SecretString"]
-    assert json.loads(value)["webhook_secrets"] == ["whsec_x"]
+    value = sm.get_secret_value(SecretId=tpl.ref("StripeWebhookSecret"))["SecretString"]
+    assert json.loads(value) == {"webhook_secrets": ["whsec_x"]}
+    value = sm.get_secret_value(SecretId=tpl.ref("StripeApiKeySecret"))["SecretString"]
+    assert json.loads(value) == {"api_key": "sk_test_x"}
+
+
+def test_each_function_reads_only_the_secret_it_uses():
+    """The internet-facing webhook may read the signing secrets and never the API key; the
+    processor the API key and never the signing secrets; the API neither."""
+    doc = load()
+
+    def secrets_of(fn: str) -> set[str]:
+        props = doc["Resources"][fn]["Properties"]
+        named = {p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]["Ref"]
+                 for p in props.get("Policies", []) if isinstance(p, dict) and "AWSSecretsManagerGetSecretValuePolicy" in p}
+        env = {v["Ref"] for v in props.get("Environment", {}).get("Variables", {}).values() if isinstance(v, dict) and "Ref" in v}
+        return named | (env & {"StripeApiKeySecret", "StripeWebhookSecret"})
+
+    assert secrets_of("WebhookFunction") == {"StripeWebhookSecret"}
+    assert secrets_of("ProcessorFunction") == {"StripeApiKeySecret"}
+    assert secrets_of("ApiFunction") == set()
+    assert "STRIPE_SECRET_ID" not in str(doc.get("Globals", {}))
 
 
 def test_a_property_the_local_stack_cannot_apply_stops_it():
@@ -118,7 +165,8 @@ def test_function_environment_is_resolved_from_the_template():
     (webhook,) = [f for f in tpl.functions() if f.logical_id == "WebhookFunction"]
     assert webhook.binary == "webhook"
     assert webhook.environment["EVENTS_QUEUE_URL"] == "http://127.0.0.1:4566/123456789012/billing-local-stripe-events.fifo"
-    assert webhook.environment["STRIPE_SECRET_ID"] == "billing-local/stripe"
+    assert webhook.environment["STRIPE_WEBHOOK_SECRET_ID"] == "billing-local/stripe-webhook"
+    assert "STRIPE_API_KEY_SECRET_ID" not in webhook.environment
     assert webhook.environment["STRIPE_LIVEMODE"] == "false"
     assert [(r.method, r.path) for r in webhook.routes] == [("POST", "/webhooks/stripe")]
 

@@ -22,3 +22,13 @@ def test_the_public_webhook_is_throttled_and_its_function_capped():
     assert "AccessLogSettings" in api
     for fn in ("WebhookFunction", "ProcessorFunction", "ApiFunction"):
         assert doc["Resources"][fn]["Properties"]["ReservedConcurrentExecutions"] > 0, fn
+
+
+def test_the_app_facing_api_is_for_the_app_backend_only():
+    doc = load()
+    for event in doc["Resources"]["ApiFunction"]["Properties"]["Events"].values():
+        assert event["Properties"]["Auth"]["Authorizer"] == "AWS_IAM", event
+    (statement,) = doc["Resources"]["AppBackendApiPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "execute-api:Invoke"
+    assert statement["Resource"]["Fn::Sub"].endswith("/*/*/v1/*")
+    assert "backend" in doc["Resources"]["AppBackendApiPolicy"]["Properties"]["Description"]

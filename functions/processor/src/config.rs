@@ -5,7 +5,8 @@ use shared::config::{ConfigError, EnvSource, required};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessorConfig {
     pub table_name: String,
-    pub stripe_secret_id: String,
+    /// Id or ARN of the Secrets Manager secret holding the Stripe API key (only it).
+    pub api_key_secret_id: String,
     /// Where Stripe's API is (the local simulator, in the local stack); Stripe's own by default.
     pub stripe_api_base: Option<String>,
 }
@@ -14,7 +15,7 @@ impl ProcessorConfig {
     pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
         Ok(Self {
             table_name: required(env, "TABLE_NAME")?,
-            stripe_secret_id: required(env, "STRIPE_SECRET_ID")?,
+            api_key_secret_id: required(env, "STRIPE_API_KEY_SECRET_ID")?,
             stripe_api_base: env.get("STRIPE_API_BASE").filter(|v| !v.trim().is_empty()),
         })
     }
@@ -27,11 +28,12 @@ mod tests {
     #[test]
     fn names_what_is_missing() {
         assert_eq!(
-            ProcessorConfig::from_env(&[("STRIPE_SECRET_ID", "s")]),
+            ProcessorConfig::from_env(&[("STRIPE_API_KEY_SECRET_ID", "s")]),
             Err(ConfigError::Missing("TABLE_NAME"))
         );
         let c =
-            ProcessorConfig::from_env(&[("TABLE_NAME", "t"), ("STRIPE_SECRET_ID", "s")]).unwrap();
+            ProcessorConfig::from_env(&[("TABLE_NAME", "t"), ("STRIPE_API_KEY_SECRET_ID", "s")])
+                .unwrap();
         assert_eq!(c.stripe_api_base, None);
     }
 }

@@ -15,9 +15,9 @@ async fn main() -> Result<(), Error> {
     let config = ProcessorConfig::from_env(&ProcessEnv)?;
     let catalog = Catalog::embedded()?;
     let aws = shared::aws::sdk_config().await;
-    let secrets = shared::secrets::load_stripe_secrets(
+    let secrets = shared::secrets::load_api_key(
         &aws_sdk_secretsmanager::Client::new(&aws),
-        &config.stripe_secret_id,
+        &config.api_key_secret_id,
     )
     .await?;
     let processor = Processor::new(

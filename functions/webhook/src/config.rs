@@ -7,8 +7,8 @@ use shared::queue::DEFAULT_MAX_MESSAGE_BYTES;
 pub struct WebhookConfig {
     /// The SQS FIFO queue verified events go to.
     pub events_queue_url: String,
-    /// Id or ARN of the Secrets Manager secret holding the Stripe keys.
-    pub stripe_secret_id: String,
+    /// Id or ARN of the Secrets Manager secret holding the webhook signing secrets (only them).
+    pub webhook_secret_id: String,
     /// Whether this deployment takes live-mode events (`true`) or test-mode events (`false`).
     pub livemode: bool,
     /// The queue's `MaximumMessageSize`; larger events are queued by reference.
@@ -30,7 +30,7 @@ impl WebhookConfig {
         }
         Ok(Self {
             events_queue_url: required(env, "EVENTS_QUEUE_URL")?,
-            stripe_secret_id: required(env, "STRIPE_SECRET_ID")?,
+            webhook_secret_id: required(env, "STRIPE_WEBHOOK_SECRET_ID")?,
             livemode: required_bool(env, "STRIPE_LIVEMODE")?,
             max_message_bytes,
         })
@@ -45,7 +45,7 @@ mod tests {
     fn reads_every_variable() {
         let env = [
             ("EVENTS_QUEUE_URL", "http://q"),
-            ("STRIPE_SECRET_ID", "billing/stripe"),
+            ("STRIPE_WEBHOOK_SECRET_ID", "billing/stripe"),
             ("STRIPE_LIVEMODE", "false"),
             ("EVENTS_QUEUE_MAX_MESSAGE_BYTES", "262144"),
         ];
@@ -53,7 +53,7 @@ mod tests {
             WebhookConfig::from_env(&env).unwrap(),
             WebhookConfig {
                 events_queue_url: "http://q".into(),
-                stripe_secret_id: "billing/stripe".into(),
+                webhook_secret_id: "billing/stripe".into(),
                 livemode: false,
                 max_message_bytes: 262_144,
             }
@@ -62,21 +62,24 @@ mod tests {
 
     #[test]
     fn names_what_is_missing_or_wrong() {
-        let env = [("STRIPE_SECRET_ID", "s"), ("STRIPE_LIVEMODE", "false")];
+        let env = [
+            ("STRIPE_WEBHOOK_SECRET_ID", "s"),
+            ("STRIPE_LIVEMODE", "false"),
+        ];
         assert_eq!(
             WebhookConfig::from_env(&env),
             Err(ConfigError::Missing("EVENTS_QUEUE_URL"))
         );
         let env = [
             ("EVENTS_QUEUE_URL", "http://q"),
-            ("STRIPE_SECRET_ID", "s"),
+            ("STRIPE_WEBHOOK_SECRET_ID", "s"),
             ("STRIPE_LIVEMODE", "False"),
         ];
         let err = WebhookConfig::from_env(&env).unwrap_err();
         assert!(err.to_string().contains("STRIPE_LIVEMODE"), "{err}");
         let env = [
             ("EVENTS_QUEUE_URL", "http://q"),
-            ("STRIPE_SECRET_ID", "s"),
+            ("STRIPE_WEBHOOK_SECRET_ID", "s"),
             ("STRIPE_LIVEMODE", "true"),
             ("EVENTS_QUEUE_MAX_MESSAGE_BYTES", "10"),
         ];

@@ -14,9 +14,9 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let config = WebhookConfig::from_env(&ProcessEnv)?;
     let aws = shared::aws::sdk_config().await;
-    let secrets = shared::secrets::load_stripe_secrets(
+    let secrets = shared::secrets::load_webhook_secrets(
         &aws_sdk_secretsmanager::Client::new(&aws),
-        &config.stripe_secret_id,
+        &config.webhook_secret_id,
     )
     .await?;
     let handler = WebhookHandler::new(

@@ -1,7 +1,7 @@
 //! `replay --since 2026-11-20`: re-queue Stripe's events since a date (see the README).
 //!
-//! Environment: EVENTS_QUEUE_URL, and STRIPE_SECRET_ID (the deployment's secret) or
-//! STRIPE_API_KEY; STRIPE_API_BASE to talk to another Stripe (the local simulator).
+//! Environment: EVENTS_QUEUE_URL, and STRIPE_API_KEY_SECRET_ID (the deployment's API-key
+//! secret) or STRIPE_API_KEY; STRIPE_API_BASE to talk to another Stripe (the local simulator).
 
 use shared::config::{ProcessEnv, required};
 use shared::queue::{DEFAULT_MAX_MESSAGE_BYTES, SqsEventQueue};
@@ -20,8 +20,8 @@ async fn main() -> anyhow::Result<()> {
     let api_key = match std::env::var("STRIPE_API_KEY") {
         Ok(key) => SecretString::new(key),
         Err(_) => {
-            let id = required(&ProcessEnv, "STRIPE_SECRET_ID")?;
-            shared::secrets::load_stripe_secrets(&aws_sdk_secretsmanager::Client::new(&aws), &id)
+            let id = required(&ProcessEnv, "STRIPE_API_KEY_SECRET_ID")?;
+            shared::secrets::load_api_key(&aws_sdk_secretsmanager::Client::new(&aws), &id)
                 .await?
                 .api_key
         }
