@@ -160,11 +160,14 @@ def test_replay_requeues_stripes_events_and_changes_nothing_twice(stack):
 
     from template import ROOT
 
-    env, _ = stack
+    env, state = stack
     stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
     subscribe(stripe, account)
     before = account_where(env, account, lambda b: b["plan"] == "pro", "the subscription")
     assert stripe.sim("drain")["drained"]
+    ours = [e["id"] for e in stripe.call("GET", "/v1/events?limit=100")[1]["data"]
+            if e["data"]["object"].get("metadata", {}).get("account_id") == account]
+    assert ours
     binary = Path(os.environ.get("LOCAL_BIN_DIR", ROOT / "target" / "debug")) / "replay"
     run_env = {
         **os.environ, "AWS_ENDPOINT_URL": env["LOCAL_AWS_ENDPOINT"], "AWS_REGION": "us-east-1",
@@ -175,7 +178,10 @@ def test_replay_requeues_stripes_events_and_changes_nothing_twice(stack):
     for _ in range(2):
         out = subprocess.run([str(binary), "--since", "0"], env=run_env, check=True, capture_output=True, text=True, timeout=60)
         assert "queued" in out.stdout and "skipped 0" in out.stdout, out.stdout
-    time.sleep(3)  # let the processor drain what was queued
+    # Every replayed event of this account reached the processor again and changed nothing:
+    # its marker made it a duplicate (SQS deduplication is not what holds here).
+    for event_id in ours:
+        eventually(lambda: processor_saw(state, event_id, "duplicate"), what=f"{event_id} replayed as a duplicate")
     assert api(env, f"/v1/accounts/{account}")[1] == before
 
 
@@ -205,4 +211,40 @@ def test_the_same_event_re_signed_is_applied_once(stack):
     assert stripe.sim("drain")["drained"]
     account_where(env, account, lambda b: b["credits"] == 1_000_000, "the credits")
     time.sleep(2)
+    assert api(env, f"/v1/accounts/{account}")[1]["credits"] == 1_000_000
+
+
+def processor_saw(state: Path, event_id: str, outcome: str) -> bool:
+    """Whether the processor logged `event_id` with `outcome` (its text log in the stack's state)."""
+    log = state / "logs" / "ProcessorFunction.log"
+    return any(f"event_id={event_id} " in line and f"outcome=\"{outcome}\"" in line for line in log.read_text(errors="replace").splitlines())
+
+
+def test_a_redelivery_after_the_deduplication_window_is_applied_once(stack):
+    """SQS forgets a deduplication id after 5 minutes (moto as soon as the message is deleted),
+    and Stripe retries for days: the guarantee is the processor's marker, end to end."""
+    env, state = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    status, session = stripe.call("POST", "/v1/checkout/sessions", {
+        "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m",
+        "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
+        "payment_intent_data[metadata][account_id]": account,
+    })
+    assert status == 200, session
+    stripe.sim(f"checkout/sessions/{session['id']}/complete")
+    account_where(env, account, lambda b: b["credits"] == 1_000_000, "the credits")
+    events = stripe.call("GET", "/v1/events?limit=50")[1]["data"]
+    grant = next(e for e in events if e["type"] == "checkout.session.completed" and e["data"]["object"]["id"] == session["id"])
+    eventually(lambda: processor_saw(state, grant["id"], "applied"), what="the grant applied")
+
+    # The same event, queued again as SQS would take it once its deduplication window is over.
+    sqs = boto3.client("sqs", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    attr = lambda v: {"DataType": "String", "StringValue": v}  # noqa: E731
+    sqs.send_message(
+        QueueUrl=env["QUEUE_URL_EVENTS_QUEUE"], MessageGroupId=grant["data"]["object"].get("customer") or session["id"],
+        MessageDeduplicationId=f"{grant['id']}-after-window", MessageBody=json.dumps(grant),
+        MessageAttributes={"stripe_event_id": attr(grant["id"]), "stripe_event_type": attr(grant["type"]), "payload": attr("inline")},
+    )
+    eventually(lambda: processor_saw(state, grant["id"], "duplicate"), what="the redelivery seen as a duplicate")
     assert api(env, f"/v1/accounts/{account}")[1]["credits"] == 1_000_000

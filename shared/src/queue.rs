@@ -146,8 +146,10 @@ impl EventQueue for SqsEventQueue {
     }
 }
 
-/// An in-process queue for handler tests: FIFO deduplication by event id, a switch to make it
-/// unreachable, and a count of calls.
+/// An in-process queue for handler tests: every message sent (with the deduplication id SQS
+/// would use), a switch to make it unreachable, and a count of calls. It does not deduplicate:
+/// SQS FIFO does so only for 5 minutes, so no test may rest on it; the processor's markers are
+/// what makes a redelivery harmless.
 #[derive(Debug, Default)]
 pub struct InMemoryEventQueue {
     state: Mutex<InMemoryState>,
@@ -200,9 +202,7 @@ impl EventQueue for InMemoryEventQueue {
         if state.unreachable {
             anyhow::bail!("queue unreachable");
         }
-        if !state.messages.iter().any(|m| m.event_id == event.event_id) {
-            state.messages.push(event.clone());
-        }
+        state.messages.push(event.clone());
         Ok(())
     }
 }

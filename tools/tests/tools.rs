@@ -37,8 +37,18 @@ async fn replay_queues_events_since_oldest_first_and_is_safe_twice() {
         EventPayload::Inline(_)
     ));
 
+    // A second run sends the same events with the same deduplication ids and groups; what makes
+    // it safe is the processor's markers (tested end to end on the local stack), not SQS.
     tools::replay(&stripe, &queue, 100).await.unwrap();
-    assert_eq!(queue.messages().len(), 3, "a second run adds nothing");
+    let again: Vec<_> = queue.messages()[3..]
+        .iter()
+        .map(|m| (m.event_id.to_string(), m.group.as_str().to_owned()))
+        .collect();
+    let first: Vec<_> = queue.messages()[..3]
+        .iter()
+        .map(|m| (m.event_id.to_string(), m.group.as_str().to_owned()))
+        .collect();
+    assert_eq!(again, first);
 }
 
 #[tokio::test]

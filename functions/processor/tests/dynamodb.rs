@@ -11,7 +11,7 @@ use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
 use processor::handler::{Outcome, Processor};
 use shared::catalog::Catalog;
-use shared::ids::AccountId;
+use shared::ids::{AccountId, StripeEventId};
 use shared::store::{BillingStore, DynamoDbBillingStore};
 use shared::stripe::api::FakeStripe;
 use support::*;
@@ -105,14 +105,83 @@ async fn one_transaction_per_applied_event_and_per_duplicate_no_reads() {
         subscription("sub_1", "past_due", "price_pro_monthly"),
     );
     assert_eq!(p.apply(&stale, NOW).await.unwrap(), Outcome::Stale);
-    let stale_calls = calls.take();
+    // The refused transaction (its old image says why: no read), then the marker with the facts
+    // that hold whatever the event's age (the customer's account).
+    assert_eq!(calls.take(), ["TransactWriteItems", "TransactWriteItems"]);
     assert_eq!(
-        stale_calls.first().map(String::as_str),
-        Some("TransactWriteItems")
+        p.store()
+            .event_outcome(&StripeEventId::parse("evt_rt4").unwrap())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("stale")
+    );
+}
+
+/// Turns the next response into a 500 once armed: DynamoDB committed, the answer was lost.
+#[derive(Debug, Clone, Default)]
+struct LoseNextAnswer(Arc<std::sync::atomic::AtomicBool>);
+
+impl Intercept for LoseNextAnswer {
+    fn name(&self) -> &'static str {
+        "LoseNextAnswer"
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        context: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _components: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if self.0.swap(false, Ordering::SeqCst) {
+            *context.response_mut().status_mut() = 500u16.try_into()?;
+        }
+        Ok(())
+    }
+}
+
+/// A transaction that commits but whose answer is lost (a 500 on the way back): the SDK retries
+/// it with the same `ClientRequestToken`, which DynamoDB answers as the first attempt (for ten
+/// minutes); nothing is applied twice. A later redelivery (a new token) finds the marker.
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_applied_once() {
+    let sdk = testkit::dynamodb_config().await;
+    let table = testkit::billing_table(&aws_sdk_dynamodb::Client::new(&sdk), "lost-answer").await;
+    let lose = LoseNextAnswer::default();
+    let counter = CountRequests::default();
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(lose.clone())
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let p = Processor::new(
+        DynamoDbBillingStore::new(client, table),
+        FakeStripe::new(),
+        Catalog::embedded().unwrap(),
+    );
+    let grant = event(
+        "evt_lost",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_lost", "pi_lost", true),
+    );
+    lose.0.store(true, Ordering::SeqCst);
+    assert_eq!(p.apply(&grant, NOW).await.unwrap(), Outcome::Applied);
+    assert_eq!(counter.take(), ["TransactWriteItems", "TransactWriteItems"]);
+    assert_eq!(p.apply(&grant, NOW).await.unwrap(), Outcome::Duplicate);
+    let account = AccountId::parse(ACCOUNT).unwrap();
+    assert_eq!(
+        p.store().account(&account).await.unwrap().unwrap().credits,
+        1_000_000
     );
     assert_eq!(
-        stale_calls.last().map(String::as_str),
-        Some("TransactWriteItems")
+        p.store()
+            .event_outcome(&StripeEventId::parse("evt_lost").unwrap())
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("applied")
     );
 }
 

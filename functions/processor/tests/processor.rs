@@ -481,10 +481,12 @@ proptest! {
     }
 }
 
-/// A store whose next `apply` fails as a throttled DynamoDB would, after the Stripe fetch.
+/// A store whose next `apply` fails as a throttled DynamoDB would (nothing written), or, with
+/// `lose_next_answer`, commits and then reports a failure (the answer lost on the way back).
 struct FlakyStore {
     inner: shared::store::InMemoryBillingStore,
     fail_next: std::sync::atomic::AtomicBool,
+    lose_next_answer: std::sync::atomic::AtomicBool,
 }
 
 impl BillingStore for FlakyStore {
@@ -503,7 +505,16 @@ impl BillingStore for FlakyStore {
                 "injected throttling"
             )));
         }
-        self.inner.apply(event, outcome, writes, mode).await
+        let result = self.inner.apply(event, outcome, writes, mode).await;
+        if self
+            .lose_next_answer
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(shared::store::StoreError::Retryable(anyhow::anyhow!(
+                "injected: committed, then the answer was lost"
+            )));
+        }
+        result
     }
     async fn customer_account(
         &self,
@@ -536,6 +547,7 @@ async fn a_failure_between_the_stripe_fetch_and_the_write_never_doubles_an_effec
     let store = FlakyStore {
         inner: shared::store::InMemoryBillingStore::new(),
         fail_next: std::sync::atomic::AtomicBool::new(true),
+        lose_next_answer: std::sync::atomic::AtomicBool::new(false),
     };
     let p = processor::handler::Processor::new(
         store,
@@ -585,6 +597,40 @@ async fn a_failure_between_the_stripe_fetch_and_the_write_never_doubles_an_effec
             .credits,
         1_000_000
     );
+}
+
+/// The write commits but its answer is lost (the processor sees a failure, SQS redelivers): the
+/// redelivery is a duplicate and the grant happened once.
+#[tokio::test]
+async fn a_commit_whose_answer_is_lost_is_a_duplicate_when_retried() {
+    let store = FlakyStore {
+        inner: shared::store::InMemoryBillingStore::new(),
+        fail_next: std::sync::atomic::AtomicBool::new(false),
+        lose_next_answer: std::sync::atomic::AtomicBool::new(true),
+    };
+    let p = processor::handler::Processor::new(
+        store,
+        shared::stripe::api::FakeStripe::new(),
+        shared::catalog::Catalog::embedded().unwrap(),
+    );
+    let body = event(
+        "evt_lost",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_l", "pi_l", true),
+    );
+    let m = message("m1", CUSTOMER, &body);
+    let failed = p.handle_batch(&batch(vec![m.clone()]), NOW).await;
+    assert_eq!(failed.batch_item_failures.len(), 1);
+    assert_eq!(p.apply(&body, NOW).await.unwrap(), Outcome::Duplicate);
+    let credits = p
+        .store()
+        .account(&account())
+        .await
+        .unwrap()
+        .unwrap()
+        .credits;
+    assert_eq!(credits, 1_000_000);
 }
 
 /// A same-second `payment_failed` and `marked_uncollectible` (or `paid`): whichever is applied
