@@ -210,6 +210,7 @@ class StripeSimulator:
             id=sid, object="checkout.session", mode=mode, status="open", payment_status="unpaid",
             customer=params.get("customer"), client_reference_id=params.get("client_reference_id"),
             metadata=params.get("metadata", {}), success_url=params.get("success_url"),
+            customer_email=params.get("customer_email"),
             cancel_url=params.get("cancel_url"), url=f"http://127.0.0.1/checkout/{sid}",
             amount_total=amount, amount_subtotal=amount, currency="usd", created=self.now(),
             expires_at=self.now() + DAY, livemode=False, payment_intent=None, subscription=None, invoice=None,
@@ -224,7 +225,12 @@ class StripeSimulator:
         if s["status"] != "open":
             raise ApiError(400, "This Checkout Session is not open", code="checkout_session_not_open")
         if not s.get("customer"):
-            s["customer"] = self.create_customer({"email": "customer@example.com", "metadata": s.get("metadata", {})})["id"]
+            # As Stripe does: the customer Checkout creates has the email the buyer typed and no
+            # metadata (the session's metadata is not copied onto it), so its `customer.created`
+            # names no account and arrives before the session that does.
+            email = s.get("customer_email") or "customer@example.com"
+            s["customer"] = self.create_customer({"email": email})["id"]
+            s["customer_details"] = {**(s.get("customer_details") or {}), "email": email}
         s["status"] = "complete"
         if s["mode"] == "subscription":
             sub = self.create_subscription(s["customer"], s["_line_items"], s["_subscription_metadata"])
@@ -310,6 +316,15 @@ class StripeSimulator:
             previous = {"status": sub["status"]}
             sub["status"] = "active"
             self.emit("customer.subscription.updated", sub, previous)
+        return inv
+
+    def close_invoice(self, inv: dict, status: str, event_type: str) -> dict:
+        """`mark_uncollectible` and `void`: only an open invoice, as Stripe allows."""
+        if inv["status"] != "open":
+            raise ApiError(400, f"You can only {status.replace('_', ' ')} an open invoice; this one is {inv['status']}",
+                           code="invoice_not_open")
+        inv.update(status=status, next_payment_attempt=None)
+        self.emit(event_type, inv)
         return inv
 
     def fail_invoice(self, inv: dict) -> dict:
@@ -423,6 +438,10 @@ class StripeSimulator:
                     return 200, self.get(iid, "invoice")
                 case "POST", ["invoices", iid, "pay"]:
                     return 200, self.pay_invoice(self.get(iid, "invoice"))
+                case "POST", ["invoices", iid, "mark_uncollectible"]:
+                    return 200, self.close_invoice(self.get(iid, "invoice"), "uncollectible", "invoice.marked_uncollectible")
+                case "POST", ["invoices", iid, "void"]:
+                    return 200, self.close_invoice(self.get(iid, "invoice"), "void", "invoice.voided")
                 case "GET", ["invoices"]:
                     data = [o for o in self.objects.values() if o.get("object") == "invoice" and o.get("customer") == query.get("customer")]
                     return 200, {"object": "list", "data": data[::-1], "has_more": False, "url": "/v1/invoices"}

@@ -248,3 +248,46 @@ def test_a_redelivery_after_the_deduplication_window_is_applied_once(stack):
     )
     eventually(lambda: processor_saw(state, grant["id"], "duplicate"), what="the redelivery seen as a duplicate")
     assert api(env, f"/v1/accounts/{account}")[1]["credits"] == 1_000_000
+
+
+def test_a_customer_created_by_checkout_is_parked_then_named_on_the_account(stack):
+    """Stripe's order: `customer.created` (no metadata, so no account) before the session that
+    links it. The event is parked, then applied by the link: the account shows the email."""
+    env, state = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    status, session = stripe.call("POST", "/v1/checkout/sessions", {
+        "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m",
+        "customer_email": f"{account}@example.com",
+        "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
+        "payment_intent_data[metadata][account_id]": account,
+    })
+    assert status == 200, session
+    done = stripe.sim(f"checkout/sessions/{session['id']}/complete")
+    body = account_where(env, account, lambda b: b["credits"] == 1_000_000 and b.get("billing_email"), "the account with its email")
+    assert body["customer_id"] == done["customer"]
+    assert body["billing_email"] == f"{account}@example.com"
+    created = next(e for e in stripe.call("GET", "/v1/events?limit=50")[1]["data"]
+                   if e["type"] == "customer.created" and e["data"]["object"]["id"] == done["customer"])
+    eventually(lambda: processor_saw(state, created["id"], "applied"), what="the parked customer.created applied")
+
+
+def test_a_failure_and_a_write_off_in_one_second_leave_no_open_case_in_either_order(stack):
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    session = subscribe(stripe, account)
+    account_where(env, account, lambda b: b["plan"] == "pro", "the subscription")
+    stripe.sim("delivery", {"reorder": True, "duplicate": 1, "paused": True})
+    try:
+        invoice = stripe.sim(f"subscriptions/{session['subscription']}/renew", {"fail": True})
+        status, closed = stripe.call("POST", f"/v1/invoices/{invoice['id']}/mark_uncollectible")
+        assert status == 200 and closed["status"] == "uncollectible", closed
+    finally:
+        stripe.sim("delivery", {"reorder": False, "duplicate": 0, "paused": False})
+    assert stripe.sim("drain")["drained"]
+
+    def settled():
+        _, body = api(env, f"/v1/accounts/{account}/invoices")
+        inv = next((i for i in body["data"] if i["id"] == invoice["id"]), None)
+        return inv if inv and inv["status"] == "uncollectible" else None
+    inv = eventually(settled, what="the invoice written off")
+    assert (inv.get("dunning") or {}).get("status") in (None, "uncollectible"), inv

@@ -7,7 +7,8 @@ use shared::billing::{
 use shared::catalog::Catalog;
 use shared::ids::{AccountId, StripeEventId};
 use shared::store::{
-    ApplyResult, BillingStore, DynamoDbBillingStore, EventRecord, InMemoryBillingStore, WriteMode,
+    ApplyResult, BillingStore, DynamoDbBillingStore, EventRecord, InMemoryBillingStore, ParkResult,
+    WriteMode,
 };
 
 fn event(id: &str, created: i64, account: &AccountId) -> EventRecord {
@@ -589,6 +590,118 @@ async fn checkout_names_the_customer_with_its_grant(
     assert_eq!(view.email.as_deref(), Some("billing@example.com"));
 }
 
+/// Events of a customer with no account yet are parked under it; the link is refused while any
+/// are parked (so the processor applies them first); `no_account` markers never block.
+async fn events_wait_for_their_customers_link(store: &impl BillingStore, account: &AccountId) {
+    let customer = format!("cus_{account}").replace([':', '.', '-'], "_");
+    let unlinked = |id: &str, created| EventRecord {
+        account: None,
+        ..event(id, created, account)
+    };
+    assert_eq!(
+        store
+            .park(&unlinked("evt_w1", 5), &customer, b"{\"one\":1}")
+            .await
+            .unwrap(),
+        ParkResult::Parked
+    );
+    assert_eq!(
+        store
+            .park(&unlinked("evt_w2", 4), &customer, b"{\"two\":2}")
+            .await
+            .unwrap(),
+        ParkResult::Parked
+    );
+    let link = [Write::LinkCustomer {
+        customer_id: customer.clone(),
+    }];
+    assert_eq!(
+        store
+            .apply(
+                &event("evt_w3", 6, account),
+                "applied",
+                &link,
+                WriteMode::Newer
+            )
+            .await
+            .unwrap(),
+        ApplyResult::Conflict {
+            index: 0,
+            verdict: Verdict::ParkedEvents
+        }
+    );
+    store.link(&customer, account).await.unwrap();
+    let parked = store.parked(&customer).await.unwrap();
+    let ids: Vec<_> = parked
+        .iter()
+        .map(|p| p.event_id.as_str().to_owned())
+        .collect();
+    assert_eq!(ids, ["evt_w2", "evt_w1"], "oldest first");
+    assert_eq!(parked[0].raw.as_deref(), Some(&b"{\"two\":2}"[..]));
+    // A parked event's `no_account` marker does not block it once it can apply.
+    let profile = [Write::CustomerProfile {
+        customer_id: customer.clone(),
+        email: Some("ada@example.com".into()),
+        name: None,
+        deleted: false,
+    }];
+    assert_eq!(
+        store
+            .apply(
+                &event("evt_w1", 5, account),
+                "applied",
+                &profile,
+                WriteMode::Newer
+            )
+            .await
+            .unwrap(),
+        ApplyResult::Applied
+    );
+    assert_eq!(
+        store
+            .apply(
+                &event("evt_w1", 5, account),
+                "applied",
+                &profile,
+                WriteMode::Newer
+            )
+            .await
+            .unwrap(),
+        ApplyResult::Duplicate
+    );
+    for p in &parked {
+        store.unpark(&customer, &p.event_id).await.unwrap();
+    }
+    assert!(store.parked(&customer).await.unwrap().is_empty());
+    assert_eq!(
+        store
+            .apply(
+                &event("evt_w3", 6, account),
+                "applied",
+                &link,
+                WriteMode::Newer
+            )
+            .await
+            .unwrap(),
+        ApplyResult::Applied
+    );
+    // Once linked, nothing more is parked: the processor looks the account up again.
+    assert_eq!(
+        store
+            .park(&unlinked("evt_w4", 7), &customer, b"{}")
+            .await
+            .unwrap(),
+        ParkResult::Linked
+    );
+    assert_eq!(
+        store
+            .event_outcome(&StripeEventId::parse("evt_w4").unwrap())
+            .await
+            .unwrap(),
+        None
+    );
+}
+
 macro_rules! both_stores {
     ($($name:ident),*) => {
         mod in_memory {
@@ -621,7 +734,8 @@ both_stores!(
     ended_subscriptions_never_return,
     a_subscription_without_a_plan_never_displaces_a_paying_one,
     a_refund_before_its_grant_is_honoured,
-    checkout_names_the_customer_with_its_grant
+    checkout_names_the_customer_with_its_grant,
+    events_wait_for_their_customers_link
 );
 
 mod support {

@@ -79,6 +79,8 @@ impl<S: BillingStore> ApiHandler<S> {
             "included_units": included,
             "credits": view.credits,
             "customer_id": view.customer_id,
+            "billing_email": view.email,
+            "billing_name": view.name,
             "subscription": view.subscription.map(|s| json!({
                 "id": s.subscription_id,
                 "status": s.status,

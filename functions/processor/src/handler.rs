@@ -16,9 +16,9 @@ use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent
 use serde_json::json;
 use shared::billing::{AccountRef, PlanError, Verdict, Write, plan_effects};
 use shared::catalog::Catalog;
-use shared::ids::StripeEventId;
+use shared::ids::{AccountId, StripeEventId};
 use shared::queue::{ATTR_EVENT_ID, ATTR_PAYLOAD};
-use shared::store::{ApplyResult, BillingStore, EventRecord, StoreError, WriteMode};
+use shared::store::{ApplyResult, BillingStore, EventRecord, ParkResult, StoreError, WriteMode};
 use shared::stripe::api::{ObjectKind, StripeApi, StripeApiError};
 use shared::stripe::objects::{EventError, StripeEvent};
 use tracing::{error, info, warn};
@@ -208,12 +208,17 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
     /// Applies one raw Stripe event.
     pub async fn apply(&self, raw: &[u8], now: i64) -> Result<Outcome, ProcessError> {
         let event = StripeEvent::parse(raw)?;
-        let outcome = self.apply_event(&event, now).await?;
+        let outcome = self.apply_event(&event, raw, now).await?;
         info!(event_id = %event.id, event_type = %event.event_type, outcome = outcome.marker(), "event handled");
         Ok(outcome)
     }
 
-    async fn apply_event(&self, event: &StripeEvent, now: i64) -> Result<Outcome, ProcessError> {
+    async fn apply_event(
+        &self,
+        event: &StripeEvent,
+        raw: &[u8],
+        now: i64,
+    ) -> Result<Outcome, ProcessError> {
         let effects = plan_effects(event, &self.catalog)?;
         if let Some(alert) = &effects.alert {
             // An alarm-worthy line: the template's metric filter counts `"alarm":true`.
@@ -236,15 +241,29 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
         if effects.writes.is_empty() {
             return self.record(&record, Outcome::Recorded).await;
         }
-        if account.is_none() {
-            warn!(event_id = %event.id, event_type = %event.event_type, "no account for this event's customer");
-            return self.record(&record, Outcome::NoAccount).await;
-        }
+        let Some(account) = account else {
+            let AccountRef::Customer(customer) = &effects.account else {
+                warn!(event_id = %event.id, event_type = %event.event_type, "the event names no account and no customer");
+                return self.record(&record, Outcome::NoAccount).await;
+            };
+            // Parked under the customer until an event links it to an account (the link then
+            // applies it), instead of being lost behind a final marker.
+            return match self.store.park(&record, customer, raw).await? {
+                ParkResult::Parked => {
+                    info!(event_id = %event.id, event_type = %event.event_type, "no account for this customer yet: parked until it is linked");
+                    Ok(Outcome::NoAccount)
+                }
+                ParkResult::Duplicate => Ok(Outcome::Duplicate),
+                ParkResult::Linked => Err(ProcessError::Store(StoreError::Retryable(
+                    anyhow::anyhow!("the customer was linked while its event was being parked"),
+                ))),
+            };
+        };
 
         let mut writes = effects.writes;
-        // A refund found before its grant changes the grant once; a second change in the same
-        // delivery means the ledger moves under us: SQS retries.
-        for _ in 0..3 {
+        // A refund found before its grant changes the grant once, parked events are applied
+        // once; more in the same delivery means the state moves under us: SQS retries.
+        for _ in 0..4 {
             match self
                 .store
                 .apply(&record, "applied", &writes, WriteMode::Newer)
@@ -273,6 +292,14 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
                     }
                 }
                 ApplyResult::Conflict {
+                    index,
+                    verdict: Verdict::ParkedEvents,
+                } => {
+                    if let Write::LinkCustomer { customer_id } = &writes[index] {
+                        self.apply_parked(customer_id, &account, now).await?;
+                    }
+                }
+                ApplyResult::Conflict {
                     verdict: Verdict::Apply,
                     ..
                 } => break,
@@ -281,6 +308,26 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
         Err(ProcessError::Store(StoreError::Retryable(anyhow::anyhow!(
             "a write was refused that the rules accept"
         ))))
+    }
+
+    /// Links a customer whose events were parked, then applies them, oldest first. Each is
+    /// unparked once applied; a crash in between leaves it parked, and its next application is
+    /// a duplicate.
+    async fn apply_parked(
+        &self,
+        customer_id: &str,
+        account: &AccountId,
+        now: i64,
+    ) -> Result<(), ProcessError> {
+        self.store.link(customer_id, account).await?;
+        for parked in self.store.parked(customer_id).await? {
+            if let Some(raw) = &parked.raw {
+                let outcome = Box::pin(self.apply(raw, now)).await?;
+                info!(event_id = %parked.event_id, customer_id, outcome = outcome.marker(), "parked event applied once its customer was linked");
+            }
+            self.store.unpark(customer_id, &parked.event_id).await?;
+        }
+        Ok(())
     }
 
     /// A stale event: its marker, with the facts that hold whatever its age (a subscription's

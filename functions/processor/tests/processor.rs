@@ -540,6 +540,26 @@ impl BillingStore for FlakyStore {
     ) -> Result<Vec<shared::store::InvoiceView>, shared::store::StoreError> {
         self.inner.invoices(a).await
     }
+    async fn park(
+        &self,
+        e: &shared::store::EventRecord,
+        c: &str,
+        raw: &[u8],
+    ) -> Result<shared::store::ParkResult, shared::store::StoreError> {
+        self.inner.park(e, c, raw).await
+    }
+    async fn parked(
+        &self,
+        c: &str,
+    ) -> Result<Vec<shared::store::ParkedEvent>, shared::store::StoreError> {
+        self.inner.parked(c).await
+    }
+    async fn unpark(&self, c: &str, e: &StripeEventId) -> Result<(), shared::store::StoreError> {
+        self.inner.unpark(c, e).await
+    }
+    async fn link(&self, c: &str, a: &AccountId) -> Result<(), shared::store::StoreError> {
+        self.inner.link(c, a).await
+    }
 }
 
 #[tokio::test]
@@ -1004,4 +1024,50 @@ async fn a_checkout_names_the_accounts_customer() {
     .unwrap();
     let view = q.store().account(&account()).await.unwrap().unwrap();
     assert_eq!(view.customer_id.as_deref(), Some(CUSTOMER));
+}
+
+/// Events of a customer that arrive before the event naming its account (Checkout creates the
+/// customer without our metadata, so `customer.created` comes first) are parked, not lost: the
+/// link applies them, and a later delivery of one is a duplicate.
+#[tokio::test]
+async fn events_before_the_customers_link_are_applied_once_it_is_linked() {
+    let p = processor();
+    let mut customer = resource("customer");
+    customer["id"] = json!(CUSTOMER);
+    customer["email"] = json!("ada@example.com");
+    customer["name"] = json!("Ada");
+    customer["metadata"] = json!({});
+    let profile = event("evt_cu", "customer.updated", 90, customer);
+    let mut one_off = invoice("in_oneoff", "paid", 1);
+    one_off["parent"] = json!(null);
+    let paid = event("evt_ip", "invoice.paid", 95, one_off);
+    assert_eq!(p.apply(&profile, NOW).await.unwrap(), Outcome::NoAccount);
+    assert_eq!(p.apply(&paid, NOW).await.unwrap(), Outcome::NoAccount);
+    // A redelivery while still unlinked parks it again (same key): nothing is doubled.
+    assert_eq!(p.apply(&paid, NOW).await.unwrap(), Outcome::NoAccount);
+    assert_eq!(p.store().account(&account()).await.unwrap(), None);
+
+    let link = event(
+        "evt_cs",
+        "checkout.session.completed",
+        100,
+        credit_checkout("cs_l", "pi_l", false),
+    );
+    assert_eq!(p.apply(&link, NOW).await.unwrap(), Outcome::Applied);
+    let view = p.store().account(&account()).await.unwrap().unwrap();
+    assert_eq!(view.email.as_deref(), Some("ada@example.com"));
+    assert_eq!(view.name.as_deref(), Some("Ada"));
+    let invoices = p.store().invoices(&account()).await.unwrap();
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(invoices[0].record.invoice_id, "in_oneoff");
+    for id in ["evt_cu", "evt_ip"] {
+        let id = StripeEventId::parse(id).unwrap();
+        assert_eq!(
+            p.store().event_outcome(&id).await.unwrap().as_deref(),
+            Some("applied")
+        );
+    }
+    assert!(p.store().parked(CUSTOMER).await.unwrap().is_empty());
+    // Stripe's resend of a parked event, now applied: a duplicate.
+    assert_eq!(p.apply(&paid, NOW).await.unwrap(), Outcome::Duplicate);
 }

@@ -20,6 +20,9 @@ pub enum Verdict {
     /// A credit grant that finds its payment already (partly) refunded: grant it net of the
     /// refunded share (`credits::grant_after_refund`), with the running refunded amount seen.
     RefundedBeforeGrant { amount_refunded: u64 },
+    /// Linking a customer that has events parked for want of an account: link it, apply them,
+    /// then this event.
+    ParkedEvents,
 }
 
 /// The general rule for an object whose stored state was written at `stored`.

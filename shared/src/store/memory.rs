@@ -9,8 +9,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    AccountView, ApplyResult, BillingStore, DunningView, EventRecord, InvoiceView, StoreError,
-    SubscriptionView, WriteMode,
+    AccountView, ApplyResult, BillingStore, DunningView, EventRecord, InvoiceView, NO_ACCOUNT,
+    ParkResult, ParkedEvent, StoreError, SubscriptionView, WriteMode,
 };
 use crate::billing::credits::{Grant, clawback, grant_after_refund, unspent_of};
 use crate::billing::ordering::{SubscriptionVersion, judge, judge_subscription};
@@ -60,6 +60,8 @@ struct State {
     ended: HashSet<(AccountId, String)>,
     invoices: HashMap<(AccountId, String), Invoice>,
     ledger: HashMap<(AccountId, String), LedgerEntry>,
+    /// Events parked per customer, by event id: (created, raw).
+    parked: HashMap<String, HashMap<String, (i64, Vec<u8>)>>,
 }
 
 #[derive(Debug, Default)]
@@ -102,6 +104,9 @@ fn apply_write(
     };
     match w {
         Write::LinkCustomer { customer_id } => {
+            if state.parked.get(customer_id).is_some_and(|p| !p.is_empty()) {
+                return Err(Verdict::ParkedEvents);
+            }
             state.links.insert(customer_id.clone(), account.clone());
         }
         Write::AccountCustomer { customer_id, email } => {
@@ -267,7 +272,11 @@ impl BillingStore for InMemoryBillingStore {
         mode: WriteMode,
     ) -> Result<ApplyResult, StoreError> {
         let mut state = self.lock();
-        if state.markers.contains_key(event.event_id.as_str()) {
+        if state
+            .markers
+            .get(event.event_id.as_str())
+            .is_some_and(|m| m != NO_ACCOUNT)
+        {
             return Ok(ApplyResult::Duplicate);
         }
         // All or nothing: work on a copy, keep it only if every write passes.
@@ -326,6 +335,70 @@ impl BillingStore for InMemoryBillingStore {
                 credits: a.credits,
             }
         }))
+    }
+
+    async fn park(
+        &self,
+        event: &EventRecord,
+        customer_id: &str,
+        raw: &[u8],
+    ) -> Result<ParkResult, StoreError> {
+        let mut state = self.lock();
+        if state
+            .markers
+            .get(event.event_id.as_str())
+            .is_some_and(|m| m != NO_ACCOUNT)
+        {
+            return Ok(ParkResult::Duplicate);
+        }
+        if state.links.contains_key(customer_id) {
+            return Ok(ParkResult::Linked);
+        }
+        state
+            .markers
+            .insert(event.event_id.as_str().to_owned(), NO_ACCOUNT.to_owned());
+        state
+            .parked
+            .entry(customer_id.to_owned())
+            .or_default()
+            .insert(
+                event.event_id.as_str().to_owned(),
+                (event.created, raw.to_vec()),
+            );
+        Ok(ParkResult::Parked)
+    }
+
+    async fn parked(&self, customer_id: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        let state = self.lock();
+        let mut out: Vec<ParkedEvent> = state
+            .parked
+            .get(customer_id)
+            .into_iter()
+            .flatten()
+            .filter_map(|(id, (created, raw))| {
+                Some(ParkedEvent {
+                    event_id: StripeEventId::parse(id).ok()?,
+                    created: *created,
+                    raw: Some(raw.clone()),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created, a.event_id.as_str()).cmp(&(b.created, b.event_id.as_str())));
+        Ok(out)
+    }
+
+    async fn unpark(&self, customer_id: &str, event_id: &StripeEventId) -> Result<(), StoreError> {
+        if let Some(p) = self.lock().parked.get_mut(customer_id) {
+            p.remove(event_id.as_str());
+        }
+        Ok(())
+    }
+
+    async fn link(&self, customer_id: &str, account: &AccountId) -> Result<(), StoreError> {
+        self.lock()
+            .links
+            .insert(customer_id.to_owned(), account.clone());
+        Ok(())
     }
 
     async fn invoices(&self, account: &AccountId) -> Result<Vec<InvoiceView>, StoreError> {

@@ -21,6 +21,34 @@ pub use memory::InMemoryBillingStore;
 /// TTL having deleted a marker: an expired-but-present marker still blocks a duplicate.
 pub const MARKER_TTL_SECS: i64 = 35 * 24 * 3600;
 
+/// Events parked for a customer without an account wait this long for the link (Stripe keeps
+/// events for 30 days; after that an operator replays from Stripe).
+pub const PARKED_TTL_SECS: i64 = 35 * 24 * 3600;
+
+/// The marker outcome of an event parked for want of an account. Unlike every other outcome it
+/// does not block a later delivery: once the customer is linked, a resend, redrive or replay
+/// applies the event (and the link applies what is parked by itself).
+pub const NO_ACCOUNT: &str = "no_account";
+
+/// What parking an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParkResult {
+    /// Marker (`no_account`) and the parked event committed.
+    Parked,
+    /// The event was handled before (applied, not parked): nothing changed.
+    Duplicate,
+    /// The customer was linked meanwhile: look its account up again.
+    Linked,
+}
+
+/// An event parked under a customer: its raw JSON, when it is still there (it expires).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedEvent {
+    pub event_id: StripeEventId,
+    pub created: i64,
+    pub raw: Option<Vec<u8>>,
+}
+
 /// The event being applied, as its marker records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventRecord {
@@ -132,6 +160,35 @@ pub trait BillingStore {
         &self,
         account: &AccountId,
     ) -> impl Future<Output = Result<Vec<InvoiceView>, StoreError>> + Send;
+
+    /// Parks an event whose customer has no account yet, with its `no_account` marker, unless
+    /// the customer was linked meanwhile.
+    fn park(
+        &self,
+        event: &EventRecord,
+        customer_id: &str,
+        raw: &[u8],
+    ) -> impl Future<Output = Result<ParkResult, StoreError>> + Send;
+
+    /// The events parked under a customer, oldest first.
+    fn parked(
+        &self,
+        customer_id: &str,
+    ) -> impl Future<Output = Result<Vec<ParkedEvent>, StoreError>> + Send;
+
+    /// Removes a parked event once it has been applied (idempotent).
+    fn unpark(
+        &self,
+        customer_id: &str,
+        event_id: &StripeEventId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Links a customer to an account whatever is parked under it (the step before replaying).
+    fn link(
+        &self,
+        customer_id: &str,
+        account: &AccountId,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
 /// Newest billing period first; the invoice id breaks ties so the order is stable.

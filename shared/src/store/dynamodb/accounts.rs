@@ -19,15 +19,17 @@ use crate::catalog::FREE_PLAN;
 use crate::ids::AccountId;
 use crate::store::{AccountView, SubscriptionView, WriteMode};
 
+/// The customer → account link, unless events are parked under the customer: those are
+/// applied first (`Judge::Parked`), so no event of the customer is lost to the race between its
+/// first events and the one that names its account.
 pub(super) fn link(account: &AccountId, customer_id: &str) -> Op {
-    let mut attrs = Item::new();
-    attrs.insert("account_id".into(), s(account.as_str()));
-    Op::put(
+    let mut e = Expr::default();
+    e.set("account_id", s(account.as_str())).name("pending");
+    Op::update(
         link_key(customer_id),
-        attrs,
-        Expr::default(),
-        None,
-        Judge::Retry,
+        e,
+        Some("attribute_not_exists(#pending)".into()),
+        Judge::Parked,
     )
 }
 

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use anyhow::Context;
 use aws_sdk_dynamodb::types::{
-    AttributeValue, ConditionCheck, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
-    Update,
+    AttributeValue, ConditionCheck, Delete, Put, ReturnValuesOnConditionCheckFailure,
+    TransactWriteItem, Update,
 };
 
 use crate::billing::SubscriptionStatus;
@@ -67,6 +67,13 @@ pub(super) fn grant_key(a: &AccountId, grant_id: &str) -> Item {
     key(account_pk(a), &format!("CREDIT#{grant_id}"))
 }
 
+pub(super) fn parked_key(customer_id: &str, event_id: &str) -> Item {
+    key(
+        format!("CUSTOMER#{customer_id}"),
+        &format!("PENDING#{event_id}"),
+    )
+}
+
 pub(super) fn ended_key(a: &AccountId, subscription_id: &str) -> Item {
     key(account_pk(a), &format!("ENDED#{subscription_id}"))
 }
@@ -88,6 +95,7 @@ pub(super) struct Expr {
     pub set: Vec<String>,
     pub remove: Vec<String>,
     pub add: Vec<String>,
+    pub delete: Vec<String>,
     pub names: HashMap<String, String>,
     pub values: Item,
 }
@@ -134,6 +142,14 @@ impl Expr {
         self
     }
 
+    /// Removes elements from a set attribute.
+    pub fn delete(&mut self, attr: &str, value: AttributeValue) -> &mut Self {
+        self.name(attr);
+        self.values.insert(format!(":{attr}"), value);
+        self.delete.push(format!("#{attr} :{attr}"));
+        self
+    }
+
     pub fn value(&mut self, placeholder: &str, value: AttributeValue) -> &mut Self {
         self.values.insert(placeholder.to_owned(), value);
         self
@@ -149,6 +165,9 @@ impl Expr {
         }
         if !self.add.is_empty() {
             parts.push(format!("ADD {}", self.add.join(", ")));
+        }
+        if !self.delete.is_empty() {
+            parts.push(format!("DELETE {}", self.delete.join(", ")));
         }
         parts.join(" ")
     }
@@ -185,6 +204,8 @@ pub(super) enum Action {
     Update,
     /// Only the condition.
     Check,
+    /// Delete the item.
+    Delete,
 }
 
 /// How to read an operation's failed condition, from the item's old image.
@@ -206,6 +227,8 @@ pub(super) enum Judge {
     /// A refund remembered before its grant: an equal or older total changes nothing; a grant
     /// that landed meanwhile means retry (the clawback path then applies).
     PendingRefund,
+    /// A customer link that finds events parked under the customer.
+    Parked,
 }
 
 /// One item's part of a transaction, built by an aggregate module for one write.
@@ -236,6 +259,16 @@ impl Op {
             expr,
             condition: Some(condition),
             judge,
+        }
+    }
+
+    pub fn delete(key: Item) -> Self {
+        Self {
+            key,
+            action: Action::Delete,
+            expr: Expr::default(),
+            condition: None,
+            judge: Judge::Retry,
         }
     }
 
@@ -296,9 +329,9 @@ pub(super) fn merge(ops: Vec<(Option<usize>, Op)>) -> anyhow::Result<Vec<Merged>
         let target = &mut out[at];
         let suffix = format!("_{n_op}");
         let action = match (&target.action, &op.action) {
-            (Action::Put(_), _) | (_, Action::Put(_)) => {
+            (Action::Put(_) | Action::Delete, _) | (_, Action::Put(_) | Action::Delete) => {
                 anyhow::bail!(
-                    "two operations on item {:?}, one of them a put",
+                    "two operations on item {:?}, one of them a put or delete",
                     key_id(&target.key)
                 )
             }
@@ -319,6 +352,10 @@ pub(super) fn merge(ops: Vec<(Option<usize>, Op)>) -> anyhow::Result<Vec<Merged>
             .expr
             .add
             .extend(e.add.iter().map(|c| suffix_placeholders(c, &suffix)));
+        target
+            .expr
+            .delete
+            .extend(e.delete.iter().map(|c| suffix_placeholders(c, &suffix)));
         for (k, v) in &e.names {
             target.expr.names.insert(k.clone(), v.clone());
         }
@@ -377,6 +414,17 @@ impl Merged {
                     .build()
                     .context("building an update")?;
                 TransactWriteItem::builder().update(update).build()
+            }
+            Action::Delete => {
+                let delete = Delete::builder()
+                    .table_name(table)
+                    .set_key(Some(self.key))
+                    .set_condition_expression(condition)
+                    .set_expression_attribute_names(names)
+                    .set_expression_attribute_values(values)
+                    .build()
+                    .context("building a delete")?;
+                TransactWriteItem::builder().delete(delete).build()
             }
             Action::Check => {
                 let check = ConditionCheck::builder()

@@ -20,6 +20,7 @@ mod events;
 mod invoices;
 mod item;
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
@@ -27,9 +28,15 @@ use anyhow::Context;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 
-use self::item::{Item, Judge, Op, account_key, account_pk, get_n, get_s, link_key, marker_key, s};
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use self::item::{
+    Expr, Item, Judge, Op, account_key, account_pk, get_n, get_s, link_key, marker_key, n,
+    parked_key, s,
+};
 use super::{
-    AccountView, ApplyResult, BillingStore, EventRecord, InvoiceView, StoreError, WriteMode,
+    AccountView, ApplyResult, BillingStore, EventRecord, InvoiceView, NO_ACCOUNT, PARKED_TTL_SECS,
+    ParkResult, ParkedEvent, StoreError, WriteMode,
 };
 use crate::billing::ordering::{SubscriptionVersion, judge, judge_subscription};
 use crate::billing::{Verdict, Write};
@@ -95,6 +102,10 @@ fn verdict(rule: &Judge, old: Option<&Item>, created: i64) -> Verdict {
         Judge::PendingRefund => match old {
             Some(o) if o.contains_key("credits") => Verdict::Apply,
             _ => Verdict::Stale,
+        },
+        Judge::Parked => match old {
+            Some(o) if o.contains_key("pending") => Verdict::ParkedEvents,
+            _ => Verdict::Apply,
         },
     }
 }
@@ -253,6 +264,16 @@ impl DynamoDbBillingStore {
         })
     }
 
+    fn transact_items(
+        &self,
+        ops: Vec<(Option<usize>, Op)>,
+    ) -> Result<Vec<aws_sdk_dynamodb::types::TransactWriteItem>, StoreError> {
+        Ok(item::merge(ops)?
+            .into_iter()
+            .map(|m| m.into_transact_item(&self.table))
+            .collect::<anyhow::Result<Vec<_>>>()?)
+    }
+
     async fn try_apply(
         &self,
         event: &EventRecord,
@@ -385,6 +406,175 @@ impl BillingStore for DynamoDbBillingStore {
             .get(account_key(account))
             .await?
             .map(|item| accounts::view(account, &item)))
+    }
+
+    async fn park(
+        &self,
+        event: &EventRecord,
+        customer_id: &str,
+        raw: &[u8],
+    ) -> Result<ParkResult, StoreError> {
+        let mut attrs = Item::new();
+        attrs.insert("raw".into(), AttributeValue::B(raw.to_vec().into()));
+        attrs.insert("created".into(), n(event.created));
+        attrs.insert("expires_at".into(), n(event.processed_at + PARKED_TTL_SECS));
+        let parked = Op::put(
+            parked_key(customer_id, event.event_id.as_str()),
+            attrs,
+            Expr::default(),
+            None,
+            Judge::Retry,
+        );
+        let mut e = Expr::default();
+        e.add(
+            "pending",
+            AttributeValue::Ss(vec![event.event_id.to_string()]),
+        )
+        .name("account_id");
+        let waiting = Op::update(
+            link_key(customer_id),
+            e,
+            Some("attribute_not_exists(#account_id)".into()),
+            Judge::Retry,
+        );
+        let ops = vec![
+            (None, events::marker(event, NO_ACCOUNT)),
+            (Some(0), parked),
+            (Some(1), waiting),
+        ];
+        let items = self.transact_items(ops)?;
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(ParkResult::Parked),
+            Err(err) => {
+                if let Some(TransactWriteItemsError::TransactionCanceledException(cancel)) =
+                    err.as_service_error()
+                {
+                    let failed: Vec<bool> = cancel
+                        .cancellation_reasons()
+                        .iter()
+                        .map(|r| r.code() == Some("ConditionalCheckFailed"))
+                        .collect();
+                    if failed.first() == Some(&true) {
+                        return Ok(ParkResult::Duplicate);
+                    }
+                    if failed.get(2) == Some(&true) {
+                        return Ok(ParkResult::Linked);
+                    }
+                }
+                Err(StoreError::Retryable(
+                    anyhow::Error::new(err).context("parking an event"),
+                ))
+            }
+        }
+    }
+
+    async fn parked(&self, customer_id: &str) -> Result<Vec<ParkedEvent>, StoreError> {
+        // The customer item lists what is parked; each parked item holds one event. One that
+        // expired is still listed, without its payload, so that it is cleared.
+        let mut ids: Vec<String> = Vec::new();
+        let mut found: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
+        let mut start: Option<Item> = None;
+        loop {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .consistent_read(true)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(format!("CUSTOMER#{customer_id}")))
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| {
+                    StoreError::Retryable(anyhow::Error::new(e).context("reading parked events"))
+                })?;
+            for i in page.items() {
+                let sk = get_s(i, "sk").unwrap_or_default();
+                if sk == "CUSTOMER" {
+                    if let Some(AttributeValue::Ss(p)) = i.get("pending") {
+                        ids.extend(p.iter().cloned());
+                    }
+                } else if let Some(id) = sk.strip_prefix("PENDING#") {
+                    let raw = i
+                        .get("raw")
+                        .and_then(|v| v.as_b().ok())
+                        .map(|b| b.as_ref().to_vec())
+                        .unwrap_or_default();
+                    found.insert(id.to_owned(), (get_n(i, "created").unwrap_or(0), raw));
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) => start = Some(k),
+                None => break,
+            }
+        }
+        for id in found.keys() {
+            if !ids.contains(id) {
+                ids.push(id.clone());
+            }
+        }
+        let mut out: Vec<ParkedEvent> = ids
+            .into_iter()
+            .filter_map(|id| {
+                let event_id = StripeEventId::parse(&id).ok()?;
+                let (created, raw) = match found.remove(&id) {
+                    Some((created, raw)) => (created, Some(raw)),
+                    None => (0, None),
+                };
+                Some(ParkedEvent {
+                    event_id,
+                    created,
+                    raw,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created, a.event_id.as_str()).cmp(&(b.created, b.event_id.as_str())));
+        Ok(out)
+    }
+
+    async fn unpark(&self, customer_id: &str, event_id: &StripeEventId) -> Result<(), StoreError> {
+        let mut e = Expr::default();
+        e.delete("pending", AttributeValue::Ss(vec![event_id.to_string()]));
+        let items = self.transact_items(vec![
+            (
+                Some(0),
+                Op::delete(parked_key(customer_id, event_id.as_str())),
+            ),
+            (
+                Some(1),
+                Op::update(link_key(customer_id), e, None, Judge::Retry),
+            ),
+        ])?;
+        self.client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::Retryable(anyhow::Error::new(e).context("unparking an event"))
+            })?;
+        Ok(())
+    }
+
+    async fn link(&self, customer_id: &str, account: &AccountId) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(link_key(customer_id)))
+            .update_expression("SET account_id = :a")
+            .expression_attribute_values(":a", s(account.as_str()))
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::Retryable(anyhow::Error::new(e).context("linking a customer"))
+            })?;
+        Ok(())
     }
 
     async fn invoices(&self, account: &AccountId) -> Result<Vec<InvoiceView>, StoreError> {
