@@ -13,6 +13,11 @@
 3. AWS round trips, counted exactly by a proxy in front of the local AWS endpoint: the webhook
    per event, the processor per applied event and per duplicate, the API per read.
 4. Size of each arm64 deployment zip that cargo-lambda (and so `sam build`) produces.
+5. The webhook's whole CPU per event, warm: the release binary behind a Lambda Runtime API,
+   against the local SQS (on a keep-alive server, as AWS's endpoints are), fed signed API Gateway
+   events back to back; CPU of every thread from schedstat, divided by the events. Beside it, in
+   the same run, the same handler written with stripe + boto3 (`bench/py_webhook.py`) behind the
+   same Runtime API.
 """
 
 from __future__ import annotations
@@ -313,6 +318,14 @@ def cold_start() -> None:
         duplicate = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), *urls, proxy)
         api = start_once(ROOT / "target" / "release" / "api", env_of("ApiFunction"), (ROOT / "events" / "api.json").read_bytes(), *urls, proxy)
 
+        env = {**env_of("WebhookFunction"), "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_DYNAMODB": endpoints.dynamodb}
+        warm = {
+            "rust": warm_cpu_per_event([str(ROOT / "target" / "release" / "webhook")], env),
+            "python": warm_cpu_per_event([PY, str(ROOT / "bench" / "py_webhook.py")], env),
+        }
+        warm["rust_connects"] = warm["rust"][1]
+        warm["rust"], warm["python"] = warm["rust"][0], warm["python"][0]
+
     for binary, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)
         cpu = statistics.median(r["cpu"] for r in runs)
@@ -346,6 +359,92 @@ def cold_start() -> None:
     row("Python stack start CPU (stripe + boto3 + FastAPI)", f"{py * 1000:.0f} ms", "(reference)", None)
     ratio = py / (cpu / 1e9)
     row("webhook cold start CPU ratio Python / Rust", f"{ratio:.0f}×", "≥ 20×", ratio >= 20)
+    if warm:
+        row("webhook whole-handler CPU/event, warm (SQS send included)", f"{warm['rust']:.0f} µs", "≤ 400 µs", warm["rust"] <= 400)
+        row("same handler in Python (stripe + boto3), same run", f"{warm['python']:.0f} µs", "(reference)", None)
+        ratio = warm["python"] / warm["rust"]
+        row("whole-handler CPU ratio Python / Rust", f"{ratio:.1f}×", "≥ 10×", ratio >= 10)
+        row("webhook TCP connections opened per event", f"{warm['rust_connects']:.2f}", "0 (kept alive)", warm["rust_connects"] < 0.05)
+
+
+# --- 5. whole-handler CPU per event, warm ------------------------------------------------------------
+
+WARM_EVENTS = 600
+WARM_UP = 60
+
+
+class WarmRuntime:
+    """A Lambda Runtime API serving queued invocations, one at a time, on keep-alive connections."""
+
+    def __init__(self):
+        import queue
+
+        self.invocations: queue.Queue = queue.Queue()
+        self.done: queue.Queue = queue.Queue()
+        rt = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                rid, payload = rt.invocations.get()
+                self.send_response(200)
+                self.send_header("Lambda-Runtime-Aws-Request-Id", rid)
+                self.send_header("Lambda-Runtime-Deadline-Ms", str(int((time.time() + 30) * 1000)))
+                self.send_header("Lambda-Runtime-Invoked-Function-Arn", "arn:aws:lambda:us-east-1:123456789012:function:WebhookFunction")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                rt.done.put((self.path, body))
+
+        self.server = QuietServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.address = f"127.0.0.1:{self.server.server_address[1]}"
+
+    def invoke(self, rid: str, payload: bytes) -> dict:
+        self.invocations.put((rid, payload))
+        path, body = self.done.get(timeout=30)
+        if not path.endswith("/response"):
+            raise SystemExit(f"invocation failed: {body[:300]!r}")
+        return json.loads(body)
+
+
+def tcp_active_opens() -> int:
+    lines = [line.split() for line in Path("/proc/net/snmp").read_text().splitlines() if line.startswith("Tcp:")]
+    return int(lines[1][lines[0].index("ActiveOpens")])
+
+
+def warm_cpu_per_event(cmd: list[str], env: dict) -> tuple[float, float]:
+    """(µs of CPU per event, TCP connections opened per event) of a warm webhook process. Every
+    event is the same signed delivery (SQS keeps one message; the handler's work is the same)."""
+    rt = WarmRuntime()
+    event = signed_sample()
+    proc = subprocess.Popen(cmd, env={**env, "AWS_LAMBDA_RUNTIME_API": rt.address, "RUST_LOG": "info", "LOG_FORMAT": "json"},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for i in range(WARM_UP):
+            assert rt.invoke(f"w{i}", event)["statusCode"] == 200
+        time.sleep(0.2)
+        cpu0, opens0 = proc_cpu_ns(proc.pid), tcp_active_opens()
+        for i in range(WARM_EVENTS):
+            assert rt.invoke(f"m{i}", event)["statusCode"] == 200
+        cpu1, opens1 = proc_cpu_ns(proc.pid), tcp_active_opens()
+    finally:
+        proc.kill()
+        proc.wait()
+        rt.server.shutdown()
+    return (cpu1 - cpu0) / WARM_EVENTS / 1000, (opens1 - opens0) / WARM_EVENTS
 
 
 # --- 4. deployment size ---------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def log(msg: str) -> None:
 def start_moto(settings: Settings) -> subprocess.Popen:
     logf = open(settings.state / "logs" / "aws.log", "ab")
     proc = subprocess.Popen(
-        [str(settings.venv_bin / "moto_server"), "-H", "127.0.0.1", "-p", str(settings.aws_port)],
+        [sys.executable, str(Path(__file__).resolve().parent / "moto_server.py"), "127.0.0.1", str(settings.aws_port)],
         stdout=logf,
         stderr=logf,
         stdin=subprocess.DEVNULL,

@@ -42,9 +42,9 @@ def free_port() -> int:
 
 
 def start_moto(port: int, log) -> subprocess.Popen:
-    moto = Path(sys.executable).parent / "moto_server"
+    # moto's app on a keep-alive server (moto_server.py), as AWS's endpoints keep connections.
     proc = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, str(Path(__file__).resolve().parent / "moto_server.py"), "127.0.0.1", str(port)],
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,

@@ -1,0 +1,92 @@
+#!/usr/bin/env python3
+"""moto's AWS APIs on an HTTP/1.1 server that keeps connections alive.
+
+    moto_server.py HOST PORT
+
+`moto_server` runs moto's WSGI app on Werkzeug's development server, which answers every request
+with `Connection: close`: every SDK call then pays a new TCP connection, which Lambda's path to
+SQS does not, and which made the webhook's measured CPU per event mostly connection setup. This
+serves the same app (`DomainDispatcherApplication(create_backend_app)`, what `moto_server` wraps)
+from a threaded standard-library server with persistent connections and a deep listen backlog.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+
+def make_handler(app, host: str, port: int):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive: every answer below has a Content-Length
+        disable_nagle_algorithm = True  # headers and body go out without waiting for an ACK
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            path, _, query = self.path.partition("?")
+            environ = {
+                "REQUEST_METHOD": self.command, "SCRIPT_NAME": "", "PATH_INFO": path,
+                "QUERY_STRING": query, "SERVER_NAME": host, "SERVER_PORT": str(port),
+                "SERVER_PROTOCOL": self.request_version, "REMOTE_ADDR": self.client_address[0],
+                "CONTENT_LENGTH": str(length), "CONTENT_TYPE": self.headers.get("Content-Type", ""),
+                "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.input": io.BytesIO(body),
+                "wsgi.errors": sys.stderr, "wsgi.multithread": True, "wsgi.multiprocess": False,
+                "wsgi.run_once": False,
+            }
+            for k, v in self.headers.items():
+                key = "HTTP_" + k.upper().replace("-", "_")
+                if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                    environ[key] = f"{environ[key]},{v}" if key in environ else v
+            started: list = []
+            chunks: list[bytes] = []
+
+            def start_response(status, headers, exc_info=None):
+                started[:] = [status, headers]
+                return chunks.append
+
+            result = app(environ, start_response)
+            try:
+                chunks.extend(result)
+            finally:
+                getattr(result, "close", lambda: None)()
+            data = b"".join(chunks)
+            status, headers = started
+            code, _, reason = status.partition(" ")
+            self.send_response(int(code), reason)
+            for k, v in headers:
+                if k.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
+                    self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
+
+    return Handler
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024
+
+
+def main() -> None:
+    host, port = sys.argv[1], int(sys.argv[2])
+    os.environ.setdefault("MOTO_PORT", str(port))
+    app = DomainDispatcherApplication(create_backend_app)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    Server((host, port), make_handler(app, host, port)).serve_forever()
+
+
+if __name__ == "__main__":
+    main()
