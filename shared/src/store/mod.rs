@@ -200,3 +200,8 @@ pub(crate) fn sort_invoices(invoices: &mut [InvoiceView]) {
             .then(b.record.invoice_id.cmp(&a.record.invoice_id))
     });
 }
+
+/// Oldest first, as they were sent; the event id breaks ties so the order is stable.
+pub(crate) fn sort_parked(parked: &mut [ParkedEvent]) {
+    parked.sort_by(|a, b| (a.created, a.event_id.as_str()).cmp(&(b.created, b.event_id.as_str())));
+}

@@ -160,37 +160,59 @@ impl DynamoDbBillingStore {
 
     /// The account item and its credit ledger, in one query (`ACCOUNT` sorts before `CREDIT#`).
     async fn ledger(&self, account: &AccountId) -> Result<credits::Ledger, StoreError> {
+        let items = self
+            .query_all(
+                "pk = :pk AND sk BETWEEN :from AND :to",
+                vec![
+                    (":pk", s(account_pk(account))),
+                    (":from", s("ACCOUNT")),
+                    (":to", s("CREDIT$")),
+                ],
+                "reading the ledger",
+            )
+            .await?;
         let mut ledger = credits::Ledger {
             balance: 0,
             entries: Vec::new(),
         };
+        for i in items {
+            match get_s(&i, "sk").as_deref() {
+                Some("ACCOUNT") => ledger.balance = get_n(&i, "credits").unwrap_or(0),
+                Some(sk) if sk.starts_with("CREDIT#") => ledger.entries.push(i),
+                _ => {}
+            }
+        }
+        Ok(ledger)
+    }
+
+    /// Every item a query matches, page after page, read consistently.
+    async fn query_all(
+        &self,
+        condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+        what: &'static str,
+    ) -> Result<Vec<Item>, StoreError> {
+        let mut out = Vec::new();
         let mut start: Option<Item> = None;
         loop {
-            let page = self
+            let mut query = self
                 .client
                 .query()
                 .table_name(&self.table)
                 .consistent_read(true)
-                .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
-                .expression_attribute_values(":pk", s(account_pk(account)))
-                .expression_attribute_values(":from", s("ACCOUNT"))
-                .expression_attribute_values(":to", s("CREDIT$"))
-                .set_exclusive_start_key(start.take())
+                .key_condition_expression(condition)
+                .set_exclusive_start_key(start.take());
+            for (name, value) in &values {
+                query = query.expression_attribute_values(*name, value.clone());
+            }
+            let page = query
                 .send()
                 .await
-                .map_err(|e| {
-                    StoreError::Retryable(anyhow::Error::new(e).context("reading the ledger"))
-                })?;
-            for i in page.items() {
-                match get_s(i, "sk").as_deref() {
-                    Some("ACCOUNT") => ledger.balance = get_n(i, "credits").unwrap_or(0),
-                    Some(sk) if sk.starts_with("CREDIT#") => ledger.entries.push(i.clone()),
-                    _ => {}
-                }
-            }
+                .map_err(|e| StoreError::Retryable(anyhow::Error::new(e).context(what)))?;
+            out.extend(page.items().iter().cloned());
             match page.last_evaluated_key {
                 Some(k) => start = Some(k),
-                None => return Ok(ledger),
+                None => return Ok(out),
             }
         }
     }
@@ -477,41 +499,28 @@ impl BillingStore for DynamoDbBillingStore {
     async fn parked(&self, customer_id: &str) -> Result<Vec<ParkedEvent>, StoreError> {
         // The customer item lists what is parked; each parked item holds one event. One that
         // expired is still listed, without its payload, so that it is cleared.
+        let items = self
+            .query_all(
+                "pk = :pk",
+                vec![(":pk", s(format!("CUSTOMER#{customer_id}")))],
+                "reading parked events",
+            )
+            .await?;
         let mut ids: Vec<String> = Vec::new();
         let mut found: HashMap<String, (i64, Vec<u8>)> = HashMap::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .consistent_read(true)
-                .key_condition_expression("pk = :pk")
-                .expression_attribute_values(":pk", s(format!("CUSTOMER#{customer_id}")))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| {
-                    StoreError::Retryable(anyhow::Error::new(e).context("reading parked events"))
-                })?;
-            for i in page.items() {
-                let sk = get_s(i, "sk").unwrap_or_default();
-                if sk == "CUSTOMER" {
-                    if let Some(AttributeValue::Ss(p)) = i.get("pending") {
-                        ids.extend(p.iter().cloned());
-                    }
-                } else if let Some(id) = sk.strip_prefix("PENDING#") {
-                    let raw = i
-                        .get("raw")
-                        .and_then(|v| v.as_b().ok())
-                        .map(|b| b.as_ref().to_vec())
-                        .unwrap_or_default();
-                    found.insert(id.to_owned(), (get_n(i, "created").unwrap_or(0), raw));
+        for i in &items {
+            let sk = get_s(i, "sk").unwrap_or_default();
+            if sk == "CUSTOMER" {
+                if let Some(AttributeValue::Ss(p)) = i.get("pending") {
+                    ids.extend(p.iter().cloned());
                 }
-            }
-            match page.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
+            } else if let Some(id) = sk.strip_prefix("PENDING#") {
+                let raw = i
+                    .get("raw")
+                    .and_then(|v| v.as_b().ok())
+                    .map(|b| b.as_ref().to_vec())
+                    .unwrap_or_default();
+                found.insert(id.to_owned(), (get_n(i, "created").unwrap_or(0), raw));
             }
         }
         for id in found.keys() {
@@ -534,7 +543,7 @@ impl BillingStore for DynamoDbBillingStore {
                 })
             })
             .collect();
-        out.sort_by(|a, b| (a.created, a.event_id.as_str()).cmp(&(b.created, b.event_id.as_str())));
+        super::sort_parked(&mut out);
         Ok(out)
     }
 
@@ -578,26 +587,14 @@ impl BillingStore for DynamoDbBillingStore {
     }
 
     async fn invoices(&self, account: &AccountId) -> Result<Vec<InvoiceView>, StoreError> {
-        let mut out = Vec::new();
-        let mut start: Option<Item> = None;
-        loop {
-            let page = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
-                .expression_attribute_values(":pk", s(account_pk(account)))
-                .expression_attribute_values(":prefix", s("INVOICE#"))
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .context("listing invoices")?;
-            out.extend(page.items().iter().map(invoices::view));
-            match page.last_evaluated_key {
-                Some(k) => start = Some(k),
-                None => break,
-            }
-        }
+        let items = self
+            .query_all(
+                "pk = :pk AND begins_with(sk, :prefix)",
+                vec![(":pk", s(account_pk(account))), (":prefix", s("INVOICE#"))],
+                "listing invoices",
+            )
+            .await?;
+        let mut out: Vec<InvoiceView> = items.iter().map(invoices::view).collect();
         super::sort_invoices(&mut out);
         Ok(out)
     }
