@@ -24,9 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import uuid
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -35,6 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dynamodb_local  # noqa: E402
+import processes  # noqa: E402
+import with_aws  # noqa: E402
 import stripe_sim  # noqa: E402
 from provision import client as provision_client  # noqa: E402
 from provision import provision  # noqa: E402
@@ -75,24 +75,8 @@ def log(msg: str) -> None:
 
 
 def start_moto(settings: Settings) -> subprocess.Popen:
-    logf = open(settings.state / "logs" / "aws.log", "ab")
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve().parent / "moto_server.py"), "127.0.0.1", str(settings.aws_port)],
-        stdout=logf,
-        stderr=logf,
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the AWS endpoint exited at start (port {settings.aws_port} taken?); see {logf.name}")
-        try:
-            urllib.request.urlopen(f"{settings.aws_endpoint}/moto-api/data.json", timeout=1).read()
-            return proc
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("the AWS endpoint did not start within 30 s")
+    log = open(settings.state / "logs" / "aws.log", "ab")
+    return with_aws.start_moto(settings.aws_port, log)
 
 
 # --- SQS event source mapping ------------------------------------------------------------------
@@ -326,10 +310,8 @@ class Stack:
             server.shutdown()
         for worker in self.workers.values():
             worker.stop()
-        if self.moto and self.moto.poll() is None:
-            self.moto.terminate()
-            self.moto.wait(timeout=5)
-        dynamodb_local.stop(self.dynamodb)
+        processes.stop(self.moto)
+        processes.stop(self.dynamodb)
         (self.settings.state / "env").unlink(missing_ok=True)
 
     # --- handlers ---------------------------------------------------------------------------
