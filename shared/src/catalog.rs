@@ -78,11 +78,14 @@ pub struct CreditPack {
     pub credits: u64,
 }
 
-/// Units per token.
+/// Units per token. Cached input tokens cost the input weight and reasoning tokens the output
+/// weight unless the card names their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ModelRate {
     pub input: u64,
     pub output: u64,
+    pub cached_input: u64,
+    pub reasoning: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +101,9 @@ pub struct Catalog {
     packs: Vec<CreditPack>,
     default_rate: ModelRate,
     rates: BTreeMap<String, ModelRate>,
+    /// Names the rate card's content, stored with every usage record: a record keeps the price
+    /// it was recorded at, and a changed card is visible as a new version.
+    rate_card_version: String,
     /// Stripe price id → (is a plan, index).
     prices: HashMap<String, (bool, usize)>,
 }
@@ -147,6 +153,8 @@ struct RawRateCard {
 struct RawRate {
     input: i64,
     output: i64,
+    cached_input: Option<i64>,
+    reasoning: Option<i64>,
 }
 
 fn non_negative(entry: &str, field: &'static str, value: i64) -> Result<u64, CatalogError> {
@@ -173,9 +181,19 @@ fn valid_id(entry: &str, id: &str) -> Result<(), CatalogError> {
 
 impl RawRate {
     fn validate(&self, entry: &str) -> Result<ModelRate, CatalogError> {
+        let input = non_negative(entry, "input", self.input)?;
+        let output = non_negative(entry, "output", self.output)?;
         Ok(ModelRate {
-            input: non_negative(entry, "input", self.input)?,
-            output: non_negative(entry, "output", self.output)?,
+            input,
+            output,
+            cached_input: match self.cached_input {
+                Some(w) => non_negative(entry, "cached_input", w)?,
+                None => input,
+            },
+            reasoning: match self.reasoning {
+                Some(w) => non_negative(entry, "reasoning", w)?,
+                None => output,
+            },
         })
     }
 }
@@ -266,6 +284,7 @@ impl Catalog {
                 ))
             })
             .collect::<Result<_, CatalogError>>()?;
+        let rate_card_version = rate_card_version(&default_rate, &rates);
 
         Ok(Self {
             currency: raw.currency,
@@ -273,6 +292,7 @@ impl Catalog {
             packs,
             default_rate,
             rates,
+            rate_card_version,
             prices,
         })
     }
@@ -327,6 +347,28 @@ impl Catalog {
     pub fn rate(&self, model: &str) -> ModelRate {
         self.rates.get(model).copied().unwrap_or(self.default_rate)
     }
+
+    /// `rc_` and 16 hex digits of a hash of the resolved rate card: the same weights give the
+    /// same version whatever the file's formatting or comments.
+    pub fn rate_card_version(&self) -> &str {
+        &self.rate_card_version
+    }
+}
+
+fn rate_card_version(default: &ModelRate, rates: &BTreeMap<String, ModelRate>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut line = |name: &str, r: &ModelRate| {
+        h.update(format!(
+            "{name}\0{}\0{}\0{}\0{}\n",
+            r.input, r.output, r.cached_input, r.reasoning
+        ));
+    };
+    line("", default);
+    for (model, rate) in rates {
+        line(model, rate);
+    }
+    format!("rc_{}", hex::encode(&h.finalize()[..8]))
 }
 
 #[cfg(test)]
@@ -358,16 +400,30 @@ mod tests {
             c.rate("gpt-4o"),
             ModelRate {
                 input: 2,
-                output: 8
+                output: 8,
+                cached_input: 1,
+                reasoning: 8
             }
         );
         assert_eq!(
             c.rate("some-new-model"),
             ModelRate {
                 input: 1,
-                output: 1
+                output: 1,
+                cached_input: 1,
+                reasoning: 1
             }
         );
+    }
+
+    #[test]
+    fn the_rate_card_version_follows_the_weights_only() {
+        let c = Catalog::embedded().unwrap();
+        assert!(c.rate_card_version().starts_with("rc_") && c.rate_card_version().len() == 19);
+        let reformatted = with(|c| c.replace("input = 2\n", "input = 2 # dearer\n")).unwrap();
+        assert_eq!(reformatted.rate_card_version(), c.rate_card_version());
+        let repriced = with(|c| c.replace("input = 2\n", "input = 3\n")).unwrap();
+        assert_ne!(repriced.rate_card_version(), c.rate_card_version());
     }
 
     fn with(edit: impl Fn(&str) -> String) -> Result<Catalog, CatalogError> {

@@ -23,6 +23,10 @@ pub enum IdError {
     InvalidCharacter { kind: &'static str },
     #[error("account id may contain only ASCII letters, digits and `_ - . :`")]
     InvalidAccountCharacter,
+    #[error("{kind} may contain only printable characters")]
+    Unprintable { kind: &'static str },
+    #[error("reservation id must be `rsv_` and 32 lowercase hex digits")]
+    InvalidReservation,
 }
 
 fn check(kind: &'static str, prefix: &'static str, value: &str) -> Result<(), IdError> {
@@ -145,6 +149,106 @@ impl fmt::Display for AccountId {
     }
 }
 
+/// 1 to 128 printable characters (no control characters), counted in characters.
+fn check_printable(kind: &'static str, value: &str) -> Result<(), IdError> {
+    if value.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    let len = value.chars().count();
+    if len > MAX_ID_LEN {
+        return Err(IdError::TooLong { kind, len });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(IdError::Unprintable { kind });
+    }
+    Ok(())
+}
+
+macro_rules! printable_id_type {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: &str) -> Result<Self, IdError> {
+                check_printable($kind, value)?;
+                Ok(Self(value.to_owned()))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(value: &str) -> Result<Self, IdError> {
+                Self::parse(value)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+printable_id_type!(
+    /// The app's id for one model call: what makes a `track` (or a `reserve`) happen once.
+    RequestId,
+    "request_id"
+);
+
+printable_id_type!(
+    /// A model name as the app sends it (`gpt-4o`); the rate card prices it.
+    ModelName,
+    "model"
+);
+
+/// A hold's id: derived from the account and the reserving request, so a repeated `reserve`
+/// names the same hold. `rsv_` and 32 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReservationId(String);
+
+impl ReservationId {
+    pub fn parse(value: &str) -> Result<Self, IdError> {
+        let hex = value
+            .strip_prefix("rsv_")
+            .ok_or(IdError::InvalidReservation)?;
+        if hex.len() != 32
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(IdError::InvalidReservation);
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The hold that `request` on `account` creates.
+    pub fn for_request(account: &AccountId, request: &RequestId) -> Self {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(account.as_str().as_bytes());
+        h.update([0]);
+        h.update(request.as_str().as_bytes());
+        Self(format!("rsv_{}", hex::encode(&h.finalize()[..16])))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ReservationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,6 +310,34 @@ mod tests {
             Err(IdError::Empty { kind: "account id" })
         );
         assert!(AccountId::parse(&"a".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn request_and_reservation_ids() {
+        assert!(RequestId::parse("req 1/é").is_ok());
+        assert_eq!(
+            RequestId::parse("a\nb"),
+            Err(IdError::Unprintable { kind: "request_id" })
+        );
+        assert_eq!(
+            RequestId::parse(&"é".repeat(128)).map(|r| r.as_str().chars().count()),
+            Ok(128)
+        );
+        assert!(matches!(
+            RequestId::parse(&"a".repeat(129)),
+            Err(IdError::TooLong { .. })
+        ));
+        let account = AccountId::parse("acct_1").unwrap();
+        let r = ReservationId::for_request(&account, &RequestId::parse("req_1").unwrap());
+        assert_eq!(ReservationId::parse(r.as_str()), Ok(r.clone()));
+        assert_ne!(
+            r,
+            ReservationId::for_request(&account, &RequestId::parse("req_2").unwrap())
+        );
+        assert_eq!(
+            ReservationId::parse("rsv_XYZ"),
+            Err(IdError::InvalidReservation)
+        );
     }
 
     proptest! {

@@ -4,6 +4,7 @@
 //! - [`stripe`]: webhook signature verification, the lean event envelope and the lean objects
 //!   the processor acts on (pure, no I/O).
 //! - [`catalog`]: plans, credit packs and the rate card, from `catalog.toml`.
+//! - [`usage`]: the usage function's rules: units, burn-down, holds, periods (pure, no I/O).
 //! - [`queue`]: the event queue port and its SQS / in-memory adapters.
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: what a function does once, at cold start.
 
@@ -19,3 +20,4 @@ pub mod secrets;
 pub mod store;
 pub mod stripe;
 pub mod telemetry;
+pub mod usage;
