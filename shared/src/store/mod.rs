@@ -12,10 +12,14 @@ use crate::ids::{AccountId, StripeEventId};
 
 pub mod dynamodb;
 pub mod memory;
+pub mod usage;
+pub mod usage_memory;
 
 pub use dynamodb::DynamoDbBillingStore;
 
+pub use dynamodb::DynamoDbUsageStore;
 pub use memory::InMemoryBillingStore;
+pub use usage_memory::InMemoryUsageStore;
 
 /// Processed-event markers outlive Stripe's 30-day resend window with margin. Nothing relies on
 /// TTL having deleted a marker: an expired-but-present marker still blocks a duplicate.

@@ -50,6 +50,10 @@ pub(super) fn grant(account: &AccountId, g: &GrantArgs<'_>, created: i64) -> Vec
     );
     let mut balance = Expr::default();
     balance.add("credits", n(add));
+    if add > 0 {
+        // A top-up: `credits.low` (in `crate::usage`) measures against it and fires again.
+        balance.set("last_topup", n(add)).remove("low_sent");
+    }
     vec![
         entry,
         Op::update(account_key(account), balance, None, Judge::Retry),

@@ -8,6 +8,7 @@
 //! | customer → account link | `CUSTOMER#{customer id}` | `CUSTOMER` | `accounts` |
 //! | invoice and its dunning case | `ACCOUNT#{account id}` | `INVOICE#{invoice id}` | `invoices` |
 //! | credit grant (ledger entry) or a refund awaiting it | `ACCOUNT#{account id}` | `CREDIT#{payment intent}` | `credits` |
+//! | usage: records, per-period totals, holds, the outbox | see the module | | `usage` |
 //!
 //! `apply` is one `TransactWriteItems`: the marker (`attribute_not_exists`) and every write's
 //! operations, merged per item, each with the condition that restates its rule from
@@ -19,6 +20,9 @@ mod credits;
 mod events;
 mod invoices;
 mod item;
+mod usage;
+
+pub use usage::{DynamoDbUsageStore, Snapshot};
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};

@@ -1,0 +1,445 @@
+//! The usage function's actions, over any [`UsageStore`].
+//!
+//! Writes (`track`, `reserve`, `release`) decide from the account as this instance last saw it
+//! and commit on the condition that it has not changed: one round trip when this instance was
+//! the last to write the account. When another instance (or the processor) wrote meanwhile, the
+//! failed commit brings the account as it is now and the decision is made again. A refusal is
+//! only ever given from a state read in this invocation. Reads (`check`, `balance`) are one
+//! consistent read.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shared::catalog::Catalog;
+use shared::ids::{AccountId, ReservationId};
+use shared::store::StoreError;
+use shared::store::usage::{
+    Committed, HoldRecord, HoldStatus, Notification, StoredTerms, UsageAccount, UsageChange,
+    UsageRecord, UsageStore,
+};
+use shared::usage::ledger::{Balance, Ledger, Notice, Released, Terms, Tracked, units};
+use shared::usage::request::{Call, UsageRequest, ValidationError};
+use tracing::{debug, warn};
+
+/// Commits tried before answering that the account is too busy (each one a round trip).
+const MAX_ATTEMPTS: u32 = 30;
+/// Accounts remembered per instance; beyond it the memory starts over.
+const CACHE_LIMIT: usize = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// Other writers kept changing the account for every attempt.
+    #[error("account {0} is changing too fast to decide; try again")]
+    Contention(AccountId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl UsageError {
+    /// The Lambda `errorType` the invocation fails with.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Validation(_) => "ValidationError",
+            Self::Contention(_) => "ContentionError",
+            Self::Store(StoreError::Retryable(_)) => "RetryableError",
+            Self::Store(StoreError::Other(_)) => "InternalError",
+        }
+    }
+}
+
+pub struct UsageHandler<S: UsageStore> {
+    store: S,
+    catalog: Catalog,
+    seen: Mutex<HashMap<AccountId, UsageAccount<S::Version>>>,
+}
+
+/// One write's decision: the new ledger, what goes with it, and the answer if it commits.
+struct Decision {
+    ledger: Ledger,
+    change: UsageChange,
+    notifications: Vec<Notification>,
+    answer: Value,
+}
+
+enum Decided {
+    Write(Box<Decision>),
+    /// An answer that writes nothing (a refusal).
+    Answer(Value),
+}
+
+fn balance_json(b: &Balance) -> Value {
+    json!({
+        "plan": b.plan,
+        "status": b.status,
+        "period_start": b.period.start,
+        "period_end": b.period.end,
+        "included_units": b.included_units,
+        "included_remaining": b.included_remaining,
+        "credits": b.credits,
+        "reserved": b.reserved,
+        "overage_units": b.overage_units,
+        "uncovered_units": b.uncovered_units,
+        "allowed": b.allowed,
+    })
+}
+
+fn with_status(answer: &str, status: &str) -> Value {
+    let mut v: Value = serde_json::from_str(answer).unwrap_or_else(|_| json!({}));
+    v["status"] = json!(status);
+    v
+}
+
+fn backoff(attempt: u32) -> Duration {
+    // Past a few conflicts, spread the contenders out: 1, 2, 4 .. 32 ms ceilings, full jitter.
+    let ceiling = 1u64 << attempt.saturating_sub(3).min(5);
+    Duration::from_micros(RandomState::new().hash_one(attempt) % (ceiling * 1000 + 1))
+}
+
+impl<S: UsageStore> UsageHandler<S> {
+    pub fn new(store: S, catalog: Catalog) -> Self {
+        Self {
+            store,
+            catalog,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    fn remember(&self, account: &AccountId, state: UsageAccount<S::Version>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() >= CACHE_LIMIT && !seen.contains_key(account) {
+            seen.clear();
+        }
+        seen.insert(account.clone(), state);
+    }
+
+    fn last_seen(&self, account: &AccountId) -> Option<UsageAccount<S::Version>> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.get(account).cloned()
+    }
+
+    /// The plan's terms: the stored plan as the catalog defines it (free without one).
+    pub fn terms(&self, stored: &StoredTerms) -> Terms {
+        let free = self.catalog.free_plan();
+        let plan = stored
+            .plan
+            .as_deref()
+            .and_then(|id| self.catalog.plan(id))
+            .unwrap_or(free);
+        Terms {
+            plan: plan.id.as_str().to_owned(),
+            included_units: stored.included_units.unwrap_or(plan.included_units),
+            overage: plan.overage,
+            period: stored.period,
+            suspended: stored.suspended,
+        }
+    }
+
+    fn units_of(&self, call: &Call) -> Result<u64, ValidationError> {
+        let rate = self.catalog.rate(call.model.as_str());
+        let t = call.tokens;
+        units(&rate, t.input, t.output, t.cached_input, t.reasoning)
+            .ok_or_else(|| ValidationError::new("units", "the call's units overflow"))
+    }
+
+    pub async fn handle(&self, payload: &Value, now: i64) -> Result<Value, UsageError> {
+        let request = UsageRequest::parse(payload, now)?;
+        let account = request.account().clone();
+        match &request {
+            UsageRequest::Check { call, .. } => {
+                let units = self.units_of(call)?;
+                let state = self.store.load(&account).await?;
+                let terms = self.terms(&state.terms);
+                let verdict = state.ledger.check(&terms, now, units);
+                let answer = json!({
+                    "allowed": verdict.is_ok(),
+                    "reason": verdict.err().map(|r| r.reason()),
+                    "units": units,
+                    "balance": balance_json(&state.ledger.balance(&terms, now)),
+                });
+                self.remember(&account, state);
+                Ok(answer)
+            }
+            UsageRequest::Balance { .. } => {
+                let state = self.store.load(&account).await?;
+                let terms = self.terms(&state.terms);
+                let answer = balance_json(&state.ledger.balance(&terms, now));
+                self.remember(&account, state);
+                Ok(answer)
+            }
+            _ => self.write(&request, &account, now).await,
+        }
+    }
+
+    /// Decides from the last state seen and commits, deciding again while the account moves.
+    async fn write(
+        &self,
+        request: &UsageRequest,
+        account: &AccountId,
+        now: i64,
+    ) -> Result<Value, UsageError> {
+        let (mut state, mut fresh) = match self.last_seen(account) {
+            Some(s) => (s, false),
+            None => (self.store.never_written(), false),
+        };
+        let mut settle = true;
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 2 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            let decision = match self.decide(request, account, &state, now, settle)? {
+                Decided::Write(d) => d,
+                Decided::Answer(answer) if fresh => return Ok(answer),
+                Decided::Answer(_) => {
+                    // Refuse only from the account as it is now.
+                    state = self.store.load(account).await?;
+                    fresh = true;
+                    self.remember(account, state.clone());
+                    continue;
+                }
+            };
+            match self
+                .store
+                .commit(
+                    account,
+                    &state.version,
+                    &decision.ledger,
+                    &decision.change,
+                    &decision.notifications,
+                )
+                .await?
+            {
+                Committed::Done(version) => {
+                    self.remember(
+                        account,
+                        UsageAccount {
+                            version,
+                            terms: state.terms,
+                            ledger: decision.ledger,
+                        },
+                    );
+                    return Ok(decision.answer);
+                }
+                Committed::Changed(now_state) => {
+                    debug!(account_id = %account, attempt, "account changed; deciding again");
+                    self.remember(account, now_state.clone());
+                    state = now_state;
+                    fresh = true;
+                }
+                Committed::Duplicate(first) => return Ok(with_status(&first, "duplicate")),
+                Committed::NotHeld(record) => match request {
+                    UsageRequest::Release { .. } => {
+                        return release_answer(record, &state, self, now);
+                    }
+                    // The hold ended between the read and the write: charge without it.
+                    _ => {
+                        settle = false;
+                        state = self.store.load(account).await?;
+                        fresh = true;
+                    }
+                },
+            }
+        }
+        warn!(account_id = %account, attempts = MAX_ATTEMPTS, "usage write gave up under contention");
+        Err(UsageError::Contention(account.clone()))
+    }
+
+    fn decide(
+        &self,
+        request: &UsageRequest,
+        account: &AccountId,
+        state: &UsageAccount<S::Version>,
+        now: i64,
+        settle: bool,
+    ) -> Result<Decided, ValidationError> {
+        let terms = self.terms(&state.terms);
+        let mut ledger = state.ledger.clone();
+        Ok(match request {
+            UsageRequest::Track {
+                request: request_id,
+                call,
+                reservation,
+                at,
+                ..
+            } => {
+                let units = self.units_of(call)?;
+                let at = at.unwrap_or(now);
+                let reservation = reservation.as_ref().filter(|_| settle);
+                let tracked = ledger.track(&terms, now, at, units, reservation);
+                let balance = ledger.balance(&terms, now);
+                let answer = json!({
+                    "status": "recorded",
+                    "units": units,
+                    "covered": {
+                        "included": tracked.covered.included,
+                        "credits": tracked.covered.credits,
+                        "overage": tracked.covered.overage,
+                        "uncovered": tracked.covered.uncovered,
+                    },
+                    "allowed": balance.allowed,
+                    "low_balance": ledger.low_balance(),
+                    "balance": balance_json(&balance),
+                });
+                let notifications = notifications(account, request_id.as_str(), &tracked, &balance);
+                Decided::Write(Box::new(Decision {
+                    change: UsageChange::Track(UsageRecord {
+                        request: request_id.clone(),
+                        model: call.model.as_str().to_owned(),
+                        tokens: call.tokens,
+                        units,
+                        covered: tracked.covered,
+                        period: tracked.period,
+                        at,
+                        recorded_at: now,
+                        rate_card_version: self.catalog.rate_card_version().to_owned(),
+                        settled: tracked.settled_hold.and(reservation.cloned()),
+                        answer: answer.to_string(),
+                    }),
+                    ledger,
+                    notifications,
+                    answer,
+                }))
+            }
+            UsageRequest::Reserve {
+                request: request_id,
+                call,
+                ttl_secs,
+                ..
+            } => {
+                let units = self.units_of(call)?;
+                let id = ReservationId::for_request(account, request_id);
+                let expires_at = now + i64::try_from(*ttl_secs).unwrap_or(i64::MAX - now);
+                match ledger.reserve(&terms, now, id.clone(), units, expires_at) {
+                    Err(refusal) => Decided::Answer(json!({
+                        "status": "refused",
+                        "allowed": false,
+                        "reason": refusal.reason(),
+                        "balance": balance_json(&state.ledger.balance(&terms, now)),
+                    })),
+                    Ok(()) => {
+                        let answer = json!({
+                            "status": "reserved",
+                            "reservation_id": id.as_str(),
+                            "units": units,
+                            "expires_at": expires_at,
+                            "allowed": true,
+                            "balance": balance_json(&ledger.balance(&terms, now)),
+                        });
+                        Decided::Write(Box::new(Decision {
+                            change: UsageChange::Reserve(HoldRecord {
+                                reservation: id,
+                                request: request_id.clone(),
+                                units,
+                                expires_at,
+                                status: HoldStatus::Held,
+                                answer: answer.to_string(),
+                            }),
+                            ledger,
+                            notifications: Vec::new(),
+                            answer,
+                        }))
+                    }
+                }
+            }
+            UsageRequest::Release { reservation, .. } => {
+                let (status, answer_status) = match ledger.release(now, reservation) {
+                    Released::Released => (HoldStatus::Released, "released"),
+                    // Expired, on the account or already dropped from it: the record says which
+                    // if it ended otherwise (the commit's condition requires it still held).
+                    Released::Expired | Released::NotHeld => (HoldStatus::Expired, "expired"),
+                };
+                let answer = json!({
+                    "status": answer_status,
+                    "balance": balance_json(&ledger.balance(&terms, now)),
+                });
+                Decided::Write(Box::new(Decision {
+                    ledger,
+                    change: UsageChange::Release {
+                        reservation: reservation.clone(),
+                        status,
+                    },
+                    notifications: Vec::new(),
+                    answer,
+                }))
+            }
+            UsageRequest::Check { .. } | UsageRequest::Balance { .. } => {
+                unreachable!("reads are not decided as writes")
+            }
+        })
+    }
+}
+
+/// A release whose reservation is no longer held: what became of it.
+fn release_answer<S: UsageStore>(
+    record: Option<HoldRecord>,
+    state: &UsageAccount<S::Version>,
+    handler: &UsageHandler<S>,
+    now: i64,
+) -> Result<Value, UsageError> {
+    let Some(record) = record else {
+        return Err(
+            ValidationError::new("reservation_id", "no such reservation on this account").into(),
+        );
+    };
+    let status = match record.status {
+        HoldStatus::Settled => "settled",
+        HoldStatus::Released => "already_released",
+        HoldStatus::Expired | HoldStatus::Held => "expired",
+    };
+    let terms = handler.terms(&state.terms);
+    Ok(json!({ "status": status, "balance": balance_json(&state.ledger.balance(&terms, now)) }))
+}
+
+/// The outbox entries a use causes, each with an id that names its cause, so that a retried
+/// commit writes the same entry again rather than a second one.
+fn notifications(
+    account: &AccountId,
+    request_id: &str,
+    tracked: &Tracked,
+    balance: &Balance,
+) -> Vec<Notification> {
+    tracked
+        .notices
+        .iter()
+        .map(|notice| {
+            let (id, detail) = match *notice {
+                Notice::CreditsLow { credits, last_topup } => (
+                    format!("credits.low:{account}:{request_id}"),
+                    json!({ "account_id": account.as_str(), "credits": credits, "last_topup": last_topup }),
+                ),
+                Notice::UsageThreshold { percent, period_start, included_units } => (
+                    format!("usage.threshold:{account}:{period_start}:{percent}"),
+                    json!({
+                        "account_id": account.as_str(),
+                        "percent": percent,
+                        "period_start": period_start,
+                        "period_end": tracked.period.end,
+                        "included_units": included_units,
+                    }),
+                ),
+                Notice::UsageBlocked => (
+                    format!("usage.blocked:{account}:{request_id}"),
+                    json!({
+                        "account_id": account.as_str(),
+                        "plan": balance.plan,
+                        "credits": balance.credits,
+                        "uncovered_units": balance.uncovered_units,
+                    }),
+                ),
+            };
+            Notification {
+                id,
+                name: notice.name(),
+                detail: detail.to_string(),
+            }
+        })
+        .collect()
+}
