@@ -170,3 +170,51 @@ fn key_schema(v: &Value) -> Vec<KeySchemaElement> {
         })
         .collect()
 }
+
+/// Counts DynamoDB requests by operation (from the `X-Amz-Target` header): round trips are
+/// asserted exactly, since counts do not drift the way timings do.
+#[derive(Debug, Clone, Default)]
+pub struct CountRequests(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl aws_sdk_dynamodb::config::Intercept for CountRequests {
+    fn name(&self) -> &'static str {
+        "CountRequests"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let target = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .unwrap_or("?")
+            .trim_start_matches("DynamoDB_20120810.")
+            .to_owned();
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(target);
+        Ok(())
+    }
+}
+
+impl CountRequests {
+    /// The operations sent since the last `take`, in order.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A DynamoDB client on the local endpoint whose requests this counts.
+    pub async fn client(&self) -> aws_sdk_dynamodb::Client {
+        let sdk = dynamodb_config().await;
+        aws_sdk_dynamodb::Client::from_conf(
+            aws_sdk_dynamodb::config::Builder::from(&sdk)
+                .interceptor(self.clone())
+                .build(),
+        )
+    }
+}

@@ -4,11 +4,11 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 
-use aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_dynamodb::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_dynamodb::error::BoxError;
+
 use processor::handler::{Outcome, Processor};
 use shared::catalog::Catalog;
 use shared::ids::{AccountId, StripeEventId};
@@ -16,47 +16,16 @@ use shared::store::{BillingStore, DynamoDbBillingStore};
 use shared::stripe::api::FakeStripe;
 use support::*;
 
-/// Counts DynamoDB requests by operation (from the `X-Amz-Target` header).
-#[derive(Debug, Clone, Default)]
-struct CountRequests(Arc<std::sync::Mutex<Vec<String>>>, Arc<AtomicUsize>);
-
-impl Intercept for CountRequests {
-    fn name(&self) -> &'static str {
-        "CountRequests"
-    }
-
-    fn read_before_transmit(
-        &self,
-        context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let target = context
-            .request()
-            .headers()
-            .get("x-amz-target")
-            .unwrap_or("?")
-            .trim_start_matches("DynamoDB_20120810.")
-            .to_owned();
-        self.0.lock().unwrap().push(target);
-        self.1.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl CountRequests {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
 async fn processor_on_dynamodb(
     test: &str,
-) -> (Processor<DynamoDbBillingStore, FakeStripe>, CountRequests) {
+) -> (
+    Processor<DynamoDbBillingStore, FakeStripe>,
+    testkit::CountRequests,
+) {
     let sdk = testkit::dynamodb_config().await;
     let plain = aws_sdk_dynamodb::Client::new(&sdk);
     let table = testkit::billing_table(&plain, test).await;
-    let counter = CountRequests::default();
+    let counter = testkit::CountRequests::default();
     let client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
             .interceptor(counter.clone())
@@ -148,7 +117,7 @@ async fn a_commit_whose_answer_is_lost_is_applied_once() {
     let sdk = testkit::dynamodb_config().await;
     let table = testkit::billing_table(&aws_sdk_dynamodb::Client::new(&sdk), "lost-answer").await;
     let lose = LoseNextAnswer::default();
-    let counter = CountRequests::default();
+    let counter = testkit::CountRequests::default();
     let client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
             .interceptor(lose.clone())

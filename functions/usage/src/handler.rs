@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use shared::catalog::Catalog;
@@ -24,8 +24,10 @@ use shared::usage::ledger::{Balance, Ledger, Notice, Released, Terms, Tracked, u
 use shared::usage::request::{Call, UsageRequest, ValidationError};
 use tracing::{debug, warn};
 
-/// Commits tried before answering that the account is too busy (each one a round trip).
-const MAX_ATTEMPTS: u32 = 30;
+/// A write stops deciding again this long before the invocation's deadline, to answer in time.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+/// The deadline of a call made without one (tests, tools).
+const DEFAULT_BUDGET: Duration = Duration::from_secs(30);
 /// Accounts remembered per instance; beyond it the memory starts over.
 const CACHE_LIMIT: usize = 10_000;
 
@@ -94,10 +96,15 @@ fn with_status(answer: &str, status: &str) -> Value {
     v
 }
 
+/// The pause before attempt `attempt` (from 0). The second attempt goes at once: the failed
+/// commit brought the account as it is now. After that, others are writing the account too, so
+/// the contenders spread out: 2, 4, 8 .. 256 ms ceilings, full jitter.
 fn backoff(attempt: u32) -> Duration {
-    // Past a few conflicts, spread the contenders out: 1, 2, 4 .. 32 ms ceilings, full jitter.
-    let ceiling = 1u64 << attempt.saturating_sub(3).min(5);
-    Duration::from_micros(RandomState::new().hash_one(attempt) % (ceiling * 1000 + 1))
+    if attempt < 2 {
+        return Duration::ZERO;
+    }
+    let ceiling_ms = 2u64 << (attempt - 2).min(7);
+    Duration::from_micros(RandomState::new().hash_one(attempt) % (ceiling_ms * 1000 + 1))
 }
 
 impl<S: UsageStore> UsageHandler<S> {
@@ -150,7 +157,21 @@ impl<S: UsageStore> UsageHandler<S> {
             .ok_or_else(|| ValidationError::new("units", "the call's units overflow"))
     }
 
+    /// Answers `payload` at `now` (Unix seconds), with the default time budget.
     pub async fn handle(&self, payload: &Value, now: i64) -> Result<Value, UsageError> {
+        self.handle_before(payload, now, Instant::now() + DEFAULT_BUDGET)
+            .await
+    }
+
+    /// Answers `payload` at `now`, deciding again under contention until shortly before
+    /// `deadline` (the invocation's), then answering `ContentionError` (safe to retry with the
+    /// same request id).
+    pub async fn handle_before(
+        &self,
+        payload: &Value,
+        now: i64,
+        deadline: Instant,
+    ) -> Result<Value, UsageError> {
         let request = UsageRequest::parse(payload, now)?;
         let account = request.account().clone();
         match &request {
@@ -175,7 +196,7 @@ impl<S: UsageStore> UsageHandler<S> {
                 self.remember(&account, state);
                 Ok(answer)
             }
-            _ => self.write(&request, &account, now).await,
+            _ => self.write(&request, &account, now, deadline).await,
         }
     }
 
@@ -185,16 +206,23 @@ impl<S: UsageStore> UsageHandler<S> {
         request: &UsageRequest,
         account: &AccountId,
         now: i64,
+        deadline: Instant,
     ) -> Result<Value, UsageError> {
         let (mut state, mut fresh) = match self.last_seen(account) {
             Some(s) => (s, false),
             None => (self.store.never_written(), false),
         };
         let mut settle = true;
-        for attempt in 0..MAX_ATTEMPTS {
-            if attempt > 2 {
-                tokio::time::sleep(backoff(attempt)).await;
+        let mut attempt = 0;
+        loop {
+            let pause = backoff(attempt);
+            if Instant::now() + pause + DEADLINE_MARGIN >= deadline {
+                break;
             }
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+            attempt += 1;
             let decision = match self.decide(request, account, &state, now, settle)? {
                 Decided::Write(d) => d,
                 Decided::Answer(answer) if fresh => return Ok(answer),
@@ -248,7 +276,7 @@ impl<S: UsageStore> UsageHandler<S> {
                 },
             }
         }
-        warn!(account_id = %account, attempts = MAX_ATTEMPTS, "usage write gave up under contention");
+        warn!(account_id = %account, attempts = attempt, "usage write gave up under contention");
         Err(UsageError::Contention(account.clone()))
     }
 

@@ -19,8 +19,9 @@ async fn main() -> Result<(), Error> {
     );
     let handler = &handler;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
+        let deadline = shared::clock::instant_of_unix_millis(event.context.deadline);
         handler
-            .handle(&event.payload, shared::clock::unix_now())
+            .handle_before(&event.payload, shared::clock::unix_now(), deadline)
             .await
             .map_err(|e| Diagnostic {
                 error_type: e.error_type().to_owned(),

@@ -197,7 +197,10 @@ fn account_from(item: Option<&Item>) -> UsageAccount<Snapshot> {
 fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger) -> Op {
     let mut e = Expr::default();
     let condition = match &expected.0 {
-        None => "attribute_not_exists(#pk)".to_owned(),
+        None => {
+            e.name("pk");
+            "attribute_not_exists(#pk)".to_owned()
+        }
         Some(values) => WATCHED
             .iter()
             .zip(values)
@@ -214,7 +217,6 @@ fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger) -> Op {
             .collect::<Vec<_>>()
             .join(" AND "),
     };
-    e.name("pk");
     e.set("credits", n(ledger.credits))
         .set("u_rev", n(revision(expected) + 1))
         .set("holds", holds_to(&ledger.holds))

@@ -1,0 +1,311 @@
+//! The usage function over DynamoDB Local, through the real SDK: concurrent callers on several
+//! handler instances (each with its own memory of accounts, as Lambda instances have), exact
+//! totals, and round trips counted exactly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{Value, json};
+use shared::catalog::Catalog;
+use shared::store::DynamoDbUsageStore;
+use shared::store::usage::UsageStore;
+use usage::handler::UsageHandler;
+
+const NOW: i64 = 1_767_225_600 + 3_600;
+
+type Handler = UsageHandler<Arc<DynamoDbUsageStore>>;
+
+struct Table {
+    client: aws_sdk_dynamodb::Client,
+    name: String,
+    store: Arc<DynamoDbUsageStore>,
+    calls: testkit::CountRequests,
+}
+
+async fn table(test: &str) -> Table {
+    let calls = testkit::CountRequests::default();
+    let client = calls.client().await;
+    let name = testkit::billing_table(&client, test).await;
+    calls.take();
+    Table {
+        store: Arc::new(DynamoDbUsageStore::new(client.clone(), &name)),
+        client,
+        name,
+        calls,
+    }
+}
+
+impl Table {
+    /// `n` instances of the function over this table.
+    fn instances(&self, n: usize) -> Vec<Arc<Handler>> {
+        (0..n)
+            .map(|_| {
+                Arc::new(UsageHandler::new(
+                    self.store.clone(),
+                    Catalog::embedded().unwrap(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The account as the processor leaves it: a plan, its allowance, and credits.
+    async fn account(&self, account: &str, plan: &str, included: u64, credits: u64) {
+        let item = HashMap::from([
+            (
+                "pk".to_owned(),
+                AttributeValue::S(format!("ACCOUNT#{account}")),
+            ),
+            ("sk".to_owned(), AttributeValue::S("ACCOUNT".into())),
+            ("effective_plan".to_owned(), AttributeValue::S(plan.into())),
+            (
+                "included_units".to_owned(),
+                AttributeValue::N(included.to_string()),
+            ),
+            ("credits".to_owned(), AttributeValue::N(credits.to_string())),
+        ]);
+        self.client
+            .put_item()
+            .table_name(&self.name)
+            .set_item(Some(item))
+            .send()
+            .await
+            .unwrap();
+        self.calls.take();
+    }
+
+    /// Every usage record of the account (a scan: fine for a private test table).
+    async fn records(&self, account: &str) -> Vec<HashMap<String, AttributeValue>> {
+        let prefix = format!("USAGE#{account}#");
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let page = self
+                .client
+                .scan()
+                .table_name(&self.name)
+                .consistent_read(true)
+                .set_exclusive_start_key(start)
+                .send()
+                .await
+                .unwrap();
+            out.extend(
+                page.items()
+                    .iter()
+                    .filter(|i| i["pk"].as_s().is_ok_and(|pk| pk.starts_with(&prefix)))
+                    .cloned(),
+            );
+            start = page.last_evaluated_key().cloned();
+            if start.is_none() {
+                break;
+            }
+        }
+        self.calls.take();
+        out
+    }
+}
+
+fn num(item: &HashMap<String, AttributeValue>, k: &str) -> u64 {
+    item[k].as_n().unwrap().parse().unwrap()
+}
+
+fn track(account: &str, request: &str, units: u64) -> Value {
+    json!({"action":"track","account_id":account,"request_id":request,"model":"unlisted-model","input_tokens":units,"output_tokens":0})
+}
+
+async fn run_all(calls: Vec<(Arc<Handler>, Value, i64)>) -> Vec<Value> {
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|(h, payload, now)| tokio::spawn(async move { h.handle(&payload, now).await }))
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn a_hundred_concurrent_tracks_against_ten_units_cover_exactly_ten() {
+    let t = table("usage-hundred").await;
+    t.account("acct_hot", "free", 10, 0).await;
+    let instances = t.instances(8);
+    let calls = (0..100)
+        .map(|i| {
+            (
+                instances[i % 8].clone(),
+                track("acct_hot", &format!("req_{i}"), 1),
+                NOW,
+            )
+        })
+        .collect();
+    let answers = run_all(calls).await;
+    let sum = |bucket: &str| {
+        answers
+            .iter()
+            .map(|a| a["covered"][bucket].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (
+            sum("included"),
+            sum("credits"),
+            sum("overage"),
+            sum("uncovered")
+        ),
+        (10, 0, 0, 90)
+    );
+    assert!(answers.iter().all(|a| a["status"] == "recorded"));
+
+    let balance = instances[0]
+        .handle(&json!({"action":"balance","account_id":"acct_hot"}), NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            balance["included_remaining"].as_u64(),
+            balance["credits"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        (
+            balance["uncovered_units"].as_u64(),
+            balance["allowed"].as_bool()
+        ),
+        (Some(90), Some(false))
+    );
+
+    // The per-model totals agree with the records, unit for unit.
+    let records = t.records("acct_hot").await;
+    assert_eq!(records.len(), 100);
+    let rec = |k: &str| records.iter().map(|r| num(r, k)).sum::<u64>();
+    let totals = t
+        .store
+        .totals(&shared::ids::AccountId::parse("acct_hot").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(totals.len(), 1);
+    let m = &totals[0];
+    assert_eq!((m.requests, m.units), (100, rec("units")));
+    assert_eq!(
+        (m.covered.included, m.covered.uncovered),
+        (rec("c_included"), rec("c_uncovered"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn one_request_id_twenty_times_at_once_and_later_is_charged_once() {
+    let t = table("usage-duplicates").await;
+    t.account("acct_dup", "pro", 1_000, 0).await;
+    let instances = t.instances(8);
+    let calls = (0..20)
+        .map(|i| {
+            (
+                instances[i % 8].clone(),
+                track("acct_dup", "req_same", 7),
+                NOW,
+            )
+        })
+        .collect();
+    let answers = run_all(calls).await;
+    let recorded = answers.iter().filter(|a| a["status"] == "recorded").count();
+    assert_eq!(recorded, 1, "{answers:?}");
+    for a in &answers {
+        assert_eq!(
+            (a["units"].as_u64(), a["covered"]["included"].as_u64()),
+            (Some(7), Some(7))
+        );
+    }
+    // A day later, on a fresh instance.
+    let fresh = &t.instances(1)[0];
+    let late = fresh
+        .handle(&track("acct_dup", "req_same", 7), NOW + 86_400)
+        .await
+        .unwrap();
+    assert_eq!(late["status"], "duplicate");
+    assert_eq!(late["covered"], answers[0]["covered"]);
+    let balance = fresh
+        .handle(&json!({"action":"balance","account_id":"acct_dup"}), NOW)
+        .await
+        .unwrap();
+    assert_eq!(balance["included_remaining"], 1_000 - 7);
+    assert_eq!(t.records("acct_dup").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn fifty_concurrent_reserves_never_hold_more_than_is_available_and_expire() {
+    let t = table("usage-reserves").await;
+    t.account("acct_res", "free", 60, 40).await;
+    let instances = t.instances(8);
+    let calls = (0..50)
+        .map(|i| {
+            let payload = json!({"action":"reserve","account_id":"acct_res","request_id":format!("q{i}"),"model":"unlisted-model","input_tokens":3,"output_tokens":0,"ttl_seconds":30});
+            (instances[i % 8].clone(), payload, NOW)
+        })
+        .collect();
+    let answers = run_all(calls).await;
+    let reserved = answers.iter().filter(|a| a["status"] == "reserved").count();
+    let refused = answers.iter().filter(|a| a["status"] == "refused").count();
+    // 100 units available, 3 per hold: 33 fit, and the refusals say why.
+    assert_eq!((reserved, refused), (33, 17), "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .filter(|a| a["status"] == "refused")
+            .all(|a| a["reason"] == "insufficient_balance")
+    );
+    let at = |now: i64| {
+        let h = instances[0].clone();
+        async move {
+            h.handle(&json!({"action":"balance","account_id":"acct_res"}), now)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(at(NOW + 29).await["reserved"], 99);
+    let expired = at(NOW + 30).await;
+    assert_eq!(
+        (
+            expired["reserved"].as_u64(),
+            expired["included_remaining"].as_u64(),
+            expired["credits"].as_u64()
+        ),
+        (Some(0), Some(60), Some(40))
+    );
+}
+
+#[tokio::test]
+async fn round_trips_are_one_call_each_on_a_warm_instance() {
+    let t = table("usage-round-trips").await;
+    t.account("acct_rt", "pro", 1_000, 0).await;
+    let h = &t.instances(1)[0];
+    // A cold instance guesses, and the failed commit brings the account: two calls, no read.
+    h.handle(&track("acct_rt", "r0", 1), NOW).await.unwrap();
+    assert_eq!(t.calls.take(), ["TransactWriteItems", "TransactWriteItems"]);
+    h.handle(&track("acct_rt", "r1", 1), NOW).await.unwrap();
+    assert_eq!(t.calls.take(), ["TransactWriteItems"], "track");
+    h.handle(&track("acct_rt", "r1", 1), NOW).await.unwrap();
+    assert_eq!(t.calls.take(), ["TransactWriteItems"], "duplicate");
+    let r = h
+        .handle(&json!({"action":"reserve","account_id":"acct_rt","request_id":"q","model":"m","input_tokens":5,"output_tokens":0,"ttl_seconds":60}), NOW)
+        .await
+        .unwrap();
+    assert_eq!(t.calls.take(), ["TransactWriteItems"], "reserve");
+    h.handle(
+        &json!({"action":"release","account_id":"acct_rt","reservation_id":r["reservation_id"]}),
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert_eq!(t.calls.take(), ["TransactWriteItems"], "release");
+    h.handle(&json!({"action":"check","account_id":"acct_rt","model":"m","input_tokens":5,"output_tokens":0}), NOW).await.unwrap();
+    assert_eq!(t.calls.take(), ["GetItem"], "check");
+    h.handle(&json!({"action":"balance","account_id":"acct_rt"}), NOW)
+        .await
+        .unwrap();
+    assert_eq!(t.calls.take(), ["GetItem"], "balance");
+    // An account never written: the guess is right the first time.
+    h.handle(&track("acct_new", "r0", 1), NOW).await.unwrap();
+    assert_eq!(t.calls.take(), ["TransactWriteItems"], "new account");
+}
