@@ -28,7 +28,17 @@ def test_the_app_facing_api_is_for_the_app_backend_only():
     doc = load()
     for event in doc["Resources"]["ApiFunction"]["Properties"]["Events"].values():
         assert event["Properties"]["Auth"]["Authorizer"] == "AWS_IAM", event
-    (statement,) = doc["Resources"]["AppBackendApiPolicy"]["Properties"]["PolicyDocument"]["Statement"]
-    assert statement["Action"] == "execute-api:Invoke"
-    assert statement["Resource"]["Fn::Sub"].endswith("/*/*/v1/*")
+    api, usage = doc["Resources"]["AppBackendApiPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert api["Action"] == "execute-api:Invoke"
+    assert api["Resource"]["Fn::Sub"].endswith("/*/*/v1/*")
+    # The usage function answers (and charges) for any account id: only the app backend invokes it.
+    assert usage["Action"] == "lambda:InvokeFunction"
+    assert usage["Resource"] == {"Fn::GetAtt": ["UsageFunction", "Arn"]}
     assert "backend" in doc["Resources"]["AppBackendApiPolicy"]["Properties"]["Description"]
+
+
+def test_the_usage_function_writes_only_what_its_transactions_need():
+    doc = load()
+    (statement,) = doc["Resources"]["UsageFunction"]["Properties"]["Policies"][0]["Statement"]
+    assert sorted(statement["Action"]) == ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
+    assert statement["Resource"] == {"Fn::GetAtt": ["BillingTable", "Arn"]}

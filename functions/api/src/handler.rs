@@ -1,21 +1,28 @@
-//! `GET /v1/accounts/{account_id}` and `GET /v1/accounts/{account_id}/invoices`, from the
-//! state the processor writes. IAM-authorised at the gateway; this code trusts the route.
+//! `GET /v1/accounts/{account_id}`, `GET /v1/accounts/{account_id}/invoices` (from the state
+//! the processor writes) and `GET /v1/accounts/{account_id}/usage` (the usage function's
+//! per-period, per-model totals). IAM-authorised at the gateway; this code trusts the route.
 
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use serde_json::{Value, json};
 use shared::catalog::Catalog;
 use shared::ids::AccountId;
+use shared::store::usage::{ModelTotals, UsageStore};
 use shared::store::{AccountView, BillingStore, InvoiceView};
 use tracing::error;
 
-pub struct ApiHandler<S> {
+pub struct ApiHandler<S, U> {
     store: S,
+    usage: U,
     catalog: Catalog,
 }
 
-impl<S: BillingStore> ApiHandler<S> {
-    pub fn new(store: S, catalog: Catalog) -> Self {
-        Self { store, catalog }
+impl<S: BillingStore, U: UsageStore> ApiHandler<S, U> {
+    pub fn new(store: S, usage: U, catalog: Catalog) -> Self {
+        Self {
+            store,
+            usage,
+            catalog,
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -46,6 +53,11 @@ impl<S: BillingStore> ApiHandler<S> {
                 .invoices(&account)
                 .await
                 .map(|invoices| json!({ "object": "list", "data": invoices.iter().map(invoice_json).collect::<Vec<_>>() })),
+            "GET /v1/accounts/{account_id}/usage" => self
+                .usage
+                .totals(&account)
+                .await
+                .map(|totals| usage_json(&account, &totals)),
             _ => return respond(404, json!({ "error": { "code": "not_found", "message": "no such route" } })),
         };
         match result {
@@ -115,6 +127,61 @@ fn invoice_json(i: &InvoiceView) -> Value {
             "next_payment_attempt": d.next_payment_attempt,
         })),
     })
+}
+
+fn covered_json(c: &shared::usage::ledger::Covered) -> Value {
+    json!({ "included": c.included, "credits": c.credits, "overage": c.overage, "uncovered": c.uncovered })
+}
+
+fn tokens_json(t: &shared::usage::request::Tokens) -> Value {
+    json!({ "input": t.input, "output": t.output, "cached_input": t.cached_input, "reasoning": t.reasoning })
+}
+
+/// Periods newest first; in each, every model's units and which bucket paid how many, and the
+/// period's totals.
+fn usage_json(account: &AccountId, totals: &[ModelTotals]) -> Value {
+    let mut periods: Vec<Value> = Vec::new();
+    for group in totals.chunk_by(|a, b| a.period.start == b.period.start) {
+        let mut sum = ModelTotals {
+            period: group[0].period,
+            ..ModelTotals::default()
+        };
+        for m in group {
+            sum.requests += m.requests;
+            sum.units += m.units;
+            sum.covered.included += m.covered.included;
+            sum.covered.credits += m.covered.credits;
+            sum.covered.overage += m.covered.overage;
+            sum.covered.uncovered += m.covered.uncovered;
+            sum.tokens.input += m.tokens.input;
+            sum.tokens.output += m.tokens.output;
+            sum.tokens.cached_input += m.tokens.cached_input;
+            sum.tokens.reasoning += m.tokens.reasoning;
+        }
+        let entry = |m: &ModelTotals| {
+            json!({
+                "requests": m.requests,
+                "units": m.units,
+                "covered": covered_json(&m.covered),
+                "tokens": tokens_json(&m.tokens),
+            })
+        };
+        let models: Vec<Value> = group
+            .iter()
+            .map(|m| {
+                let mut v = entry(m);
+                v["model"] = json!(m.model);
+                v
+            })
+            .collect();
+        periods.push(json!({
+            "period_start": sum.period.start,
+            "period_end": sum.period.end,
+            "totals": entry(&sum),
+            "models": models,
+        }));
+    }
+    json!({ "object": "usage", "account_id": account.as_str(), "periods": periods })
 }
 
 fn respond(status: u16, body: serde_json::Value) -> ApiGatewayV2httpResponse {

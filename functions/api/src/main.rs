@@ -4,7 +4,7 @@ use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use shared::catalog::Catalog;
 use shared::config::{ProcessEnv, required};
-use shared::store::DynamoDbBillingStore;
+use shared::store::{DynamoDbBillingStore, DynamoDbUsageStore};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -12,8 +12,10 @@ async fn main() -> Result<(), Error> {
     let table = required(&ProcessEnv, "TABLE_NAME")?;
     let catalog = Catalog::embedded()?;
     let aws = shared::aws::sdk_config().await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
     let handler = api::handler::ApiHandler::new(
-        DynamoDbBillingStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
+        DynamoDbBillingStore::new(dynamodb.clone(), &table),
+        DynamoDbUsageStore::new(dynamodb, table),
         catalog,
     );
     let handler = &handler;

@@ -8,13 +8,18 @@ use serde_json::Value;
 use shared::billing::{DunningChange, InvoiceRecord, Write};
 use shared::catalog::Catalog;
 use shared::ids::{AccountId, StripeEventId};
-use shared::store::{BillingStore, EventRecord, InMemoryBillingStore, WriteMode};
+use shared::store::{
+    BillingStore, EventRecord, InMemoryBillingStore, InMemoryUsageStore, WriteMode,
+};
+use std::sync::Arc;
+
+type Api = ApiHandler<InMemoryBillingStore, Arc<InMemoryUsageStore>>;
 
 fn sample() -> ApiGatewayV2httpRequest {
     serde_json::from_str(include_str!("../../../events/api.json")).unwrap()
 }
 
-async fn call(h: &ApiHandler<InMemoryBillingStore>, req: ApiGatewayV2httpRequest) -> (i64, Value) {
+async fn call(h: &Api, req: ApiGatewayV2httpRequest) -> (i64, Value) {
     let event = LambdaEvent::new(req, Context::default());
     let r = h.handle(&event.payload).await;
     let Some(Body::Text(body)) = r.body else {
@@ -23,8 +28,16 @@ async fn call(h: &ApiHandler<InMemoryBillingStore>, req: ApiGatewayV2httpRequest
     (r.status_code, serde_json::from_str(&body).unwrap())
 }
 
-fn handler() -> ApiHandler<InMemoryBillingStore> {
-    ApiHandler::new(InMemoryBillingStore::new(), Catalog::embedded().unwrap())
+fn handler() -> Api {
+    with_usage(Arc::default())
+}
+
+fn with_usage(usage: Arc<InMemoryUsageStore>) -> Api {
+    ApiHandler::new(
+        InMemoryBillingStore::new(),
+        usage,
+        Catalog::embedded().unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -105,4 +118,57 @@ async fn bad_ids_and_routes_are_refused() {
     let mut req = sample();
     req.route_key = Some("DELETE /v1/accounts/{account_id}".into());
     assert_eq!(call(&handler(), req).await.0, 404);
+}
+
+#[tokio::test]
+async fn usage_shows_each_period_and_model_with_the_buckets_that_paid() {
+    let usage = Arc::new(InMemoryUsageStore::default());
+    let recorder = usage::handler::UsageHandler::new(usage.clone(), Catalog::embedded().unwrap());
+    let track = |request: &str, model: &str, input: u64| serde_json::json!({"action":"track","account_id":"acct_demo_1","request_id":request,"model":model,"input_tokens":input,"output_tokens":0});
+    let now = 1_767_225_600 + 60; // January 2026
+    recorder
+        .handle(&track("a", "gpt-4o", 10), now)
+        .await
+        .unwrap();
+    recorder
+        .handle(&track("b", "gpt-4o-mini", 99_990), now)
+        .await
+        .unwrap();
+    recorder
+        .handle(&track("c", "gpt-4o-mini", 5), now)
+        .await
+        .unwrap();
+    let february = now + 31 * 86_400;
+    recorder
+        .handle(&track("d", "gpt-4o", 1), february)
+        .await
+        .unwrap();
+
+    let mut req = sample();
+    req.route_key = Some("GET /v1/accounts/{account_id}/usage".into());
+    let (status, body) = call(&with_usage(usage), req).await;
+    assert_eq!(status, 200);
+    let periods = body["periods"].as_array().unwrap();
+    assert_eq!(periods.len(), 2);
+    assert_eq!(periods[0]["period_start"], 1_769_904_000, "newest first");
+    let january = &periods[1];
+    assert_eq!(january["totals"]["units"], 20 + 99_990 + 5);
+    assert_eq!(
+        january["totals"]["covered"],
+        serde_json::json!({"included": 100_000, "credits": 0, "overage": 0, "uncovered": 15})
+    );
+    let mini = january["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model"] == "gpt-4o-mini")
+        .unwrap();
+    assert_eq!(
+        (
+            mini["requests"].as_u64(),
+            mini["covered"]["uncovered"].as_u64()
+        ),
+        (Some(2), Some(15))
+    );
+    assert_eq!(mini["tokens"]["input"], 99_995);
 }
