@@ -18,6 +18,13 @@
    events back to back; CPU of every thread from schedstat, divided by the events. Beside it, in
    the same run, the same handler written with stripe + boto3 (`bench/py_webhook.py`) behind the
    same Runtime API.
+6. The usage function: CPU per `track` decision (criterion); DynamoDB calls per action, counted
+   by operation through the proxy; write units per track (from the stored items' sizes) and the
+   share that lands on the account's partition, with the per-account ceiling that follows; calls per
+   track with 1, 8 and 32 warm instances tracking one account at once (the cost of contention);
+   its whole CPU per track, warm.
+7. A load run through the local stack: 5,000 tracks from 32 concurrent callers over 50 accounts
+   and one hot account, checked for lost or doubled units, with the invoke path's p50 and p99.
 """
 
 from __future__ import annotations
@@ -113,6 +120,8 @@ class CountingProxy:
     """Forwards to the AWS endpoint and counts requests per service (from the SigV4 scope)."""
 
     def __init__(self, upstream: str):
+        self.ops: dict[str, int] = {}
+        self.lock = threading.Lock()
         self.counts: dict[str, int] = {}
         proxy = self
 
@@ -127,6 +136,9 @@ class CountingProxy:
                 auth = self.headers.get("Authorization", "")
                 service = auth.split("Credential=")[1].split("/")[3] if "Credential=" in auth else "?"
                 proxy.counts[service] = proxy.counts.get(service, 0) + 1
+                op = (self.headers.get("X-Amz-Target") or "?").rsplit(".", 1)[-1]
+                with proxy.lock:
+                    proxy.ops[op] = proxy.ops.get(op, 0) + 1
                 req = urllib.request.Request(upstream + self.path, data=body, method="POST",
                                              headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
                 try:
@@ -151,6 +163,12 @@ class CountingProxy:
     def take(self) -> dict[str, int]:
         counts, self.counts = self.counts, {}
         return counts
+
+    def take_ops(self) -> dict[str, int]:
+        """Requests by operation (`X-Amz-Target`) since the last call."""
+        with self.lock:
+            ops, self.ops = self.ops, {}
+        return ops
 
 
 class CountingProxies:
@@ -287,7 +305,7 @@ def cold_start() -> None:
     from template import Template, load
     from provision import provision
 
-    run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api"])
+    run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage"])
     with local_aws() as endpoints:
         endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
@@ -307,6 +325,9 @@ def cold_start() -> None:
             ("webhook", "WebhookFunction", signed_sample, lambda r: r["statusCode"] == 200),
             ("processor", "ProcessorFunction", lambda: processor_event, lambda r: r["batchItemFailures"] == []),
             ("api", "ApiFunction", lambda: (ROOT / "events" / "api.json").read_bytes(), lambda r: r["statusCode"] == 200),
+            # The sample's account, tracked again by each cold start: recorded once, then duplicates.
+            ("usage", "UsageFunction", lambda: (ROOT / "events" / "usage.json").read_bytes(),
+             lambda r: r.get("status") in ("recorded", "duplicate")),
         ]
         results = {}
         for binary, name, event, ok in cases:
@@ -338,6 +359,9 @@ def cold_start() -> None:
             rounds["rust_connects"].append(connects)
             rounds["python"].append(warm_cpu_per_event([PY, str(ROOT / "bench" / "py_webhook.py")], env)[0])
         warm = {k: statistics.median(v) for k, v in rounds.items()}
+
+        usage_rows = usage_figures({**env_of("UsageFunction"), "AWS_ENDPOINT_URL_DYNAMODB": proxy.dynamodb.url},
+                                   proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
 
     for binary, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)
@@ -378,6 +402,8 @@ def cold_start() -> None:
         ratio = warm["python"] / warm["rust"]
         row("whole-handler CPU ratio Python / Rust", f"{ratio:.1f}×", "≥ 10×", ratio >= 10)
         row("webhook TCP connections opened per event", f"{warm['rust_connects']:.2f}", "0 (kept alive)", warm["rust_connects"] < 0.05)
+    for r in usage_rows:
+        row(*r)
 
 
 # --- 5. whole-handler CPU per event, warm ------------------------------------------------------------
@@ -461,11 +487,239 @@ def warm_cpu_per_event(cmd: list[str], env: dict) -> tuple[float, float]:
     return (cpu1 - cpu0) / WARM_EVENTS / 1000, (opens1 - opens0) / WARM_EVENTS
 
 
+# --- 6. the usage function ----------------------------------------------------------------------
+
+
+class WarmProcess:
+    """A release binary behind its own Runtime API, one invocation at a time, as one warm
+    Lambda instance serves them."""
+
+    def __init__(self, binary: str, env: dict, log=subprocess.DEVNULL):
+        self.rt = WarmRuntime()
+        self.proc = subprocess.Popen([str(ROOT / "target" / "release" / binary)],
+                                     env={**env, "AWS_LAMBDA_RUNTIME_API": self.rt.address},
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        self.n = 0
+
+    def invoke(self, payload: dict) -> dict:
+        self.n += 1
+        return self.rt.invoke(f"i{self.n}", json.dumps(payload).encode())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.rt.server.shutdown()
+
+
+def track(account: str, request: str, tokens: int = 100, model: str = "gpt-4o-mini") -> dict:
+    return {"action": "track", "account_id": account, "request_id": request, "model": model,
+            "input_tokens": tokens, "output_tokens": tokens // 4}
+
+
+def item_size(item: dict) -> int:
+    """An item's size as DynamoDB bills it (attribute names plus values; numbers about half a
+    byte per digit plus one; maps and lists 3 bytes plus 1 per element)."""
+    def value(v: dict) -> int:
+        (kind, x), = v.items()
+        if kind == "S":
+            return len(x.encode())
+        if kind == "N":
+            return (len(x.lstrip("-").replace(".", "")) + 1) // 2 + 1
+        if kind in ("BOOL", "NULL"):
+            return 1
+        if kind == "M":
+            return 3 + sum(len(k.encode()) + value(e) + 1 for k, e in x.items())
+        if kind == "L":
+            return 3 + sum(value(e) + 1 for e in x)
+        if kind == "SS":
+            return sum(len(e.encode()) for e in x)
+        raise ValueError(kind)
+    return sum(len(k.encode()) + value(v) for k, v in item.items())
+
+
+def usage_figures(env: dict, proxy: "CountingProxies", dynamodb_url: str, table: str) -> list[tuple]:
+    """Round trips per action (counted by operation), write units per track, calls per track
+    under contention, and the whole handler's CPU per track, warm. Returns the rows."""
+    import math
+
+    import boto3
+
+    out: list[tuple] = []
+    ddb = boto3.client("dynamodb", endpoint_url=dynamodb_url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    ddb.put_item(TableName=table, Item={
+        "pk": {"S": "ACCOUNT#acct_bench_pro"}, "sk": {"S": "ACCOUNT"}, "effective_plan": {"S": "pro"},
+        "included_units": {"N": "1000000000"}, "credits": {"N": "0"}})
+    dyn = proxy.dynamodb
+    p = WarmProcess("usage", env)
+    try:
+        def ops(payload: dict) -> tuple[dict, dict]:
+            dyn.take_ops()
+            answer = p.invoke(payload)
+            return answer, dyn.take_ops()
+
+        _, new = ops(track("acct_bench_new", "r0"))
+        _, cold = ops(track("acct_bench_pro", "r0"))
+        _, warm = ops(track("acct_bench_pro", "r1"))
+        _, dup = ops(track("acct_bench_pro", "r1"))
+        held, reserve = ops({"action": "reserve", "account_id": "acct_bench_pro", "request_id": "q1", "model": "gpt-4o",
+                             "input_tokens": 1000, "output_tokens": 500, "ttl_seconds": 60})
+        _, release = ops({"action": "release", "account_id": "acct_bench_pro", "reservation_id": held["reservation_id"]})
+        _, check = ops({"action": "check", "account_id": "acct_bench_pro", "model": "gpt-4o", "input_tokens": 10, "output_tokens": 10})
+        _, balance = ops({"action": "balance", "account_id": "acct_bench_pro"})
+    finally:
+        p.close()
+    one_write, one_read = {"TransactWriteItems": 1}, {"GetItem": 1}
+    out.append(("usage calls per track (warm instance)", calls(warm), "1", warm == one_write))
+    out.append(("usage calls per reserve", calls(reserve), "1", reserve == one_write))
+    out.append(("usage calls per duplicate track", calls(dup), "1", dup == one_write))
+    out.append(("usage calls per release", calls(release), "(no target)", None))
+    out.append(("usage calls per check", calls(check), "1 read", check == one_read))
+    out.append(("usage calls per balance", calls(balance), "1 read", balance == one_read))
+    out.append(("usage calls per track, first on a new account", calls(new), "1", new == one_write))
+    out.append(("usage calls per track, cold instance, known account", calls(cold), "(guess, then ALL_OLD)", None))
+
+    # Write units, from the items as stored and DynamoDB's size rules (a transactional write
+    # costs two units per KB of each item). DynamoDB Local's own ConsumedCapacity for a
+    # transaction undercounts (it reports 2 for this three-item one), so it is not used here;
+    # in AWS the function's debug log carries DynamoDB's count (`write_units`).
+    account = ddb.get_item(TableName=table, Key={"pk": {"S": "ACCOUNT#acct_bench_pro"}, "sk": {"S": "ACCOUNT"}})["Item"]
+    totals = ddb.query(TableName=table, KeyConditionExpression="pk = :pk AND begins_with(sk, :p)",
+                       ExpressionAttributeValues={":pk": {"S": "ACCOUNT#acct_bench_pro"}, ":p": {"S": "PERIOD#"}})["Items"][0]
+    record = ddb.get_item(TableName=table, Key={"pk": {"S": "USAGE#acct_bench_pro#r1"}, "sk": {"S": "USAGE"}})["Item"]
+    wcu = lambda item: 2 * math.ceil(item_size(item) / 1024)  # noqa: E731
+    partition = wcu(account) + wcu(totals)
+    sizes = f"record {item_size(record)} B, account {item_size(account)} B, totals {item_size(totals)} B"
+    out.append((f"write units per track ({sizes})", f"{wcu(record) + partition} WCU", "(measured)", None))
+    out.append(("  of which on the account's partition", f"{partition} WCU", "", None))
+    out.append(("  per-account ceiling (1,000 WCU/s per partition)", f"{1000 // partition} tracks/s", "(see docs)", None))
+
+    # Contention: N warm instances tracking one account at once.
+    for n, per in ((1, 40), (8, 12), (32, 4)):
+        account_id = f"acct_bench_hot_{n}"
+        ddb.put_item(TableName=table, Item={
+            "pk": {"S": f"ACCOUNT#{account_id}"}, "sk": {"S": "ACCOUNT"}, "effective_plan": {"S": "pro"},
+            "included_units": {"N": "1000000000"}})
+        procs = [WarmProcess("usage", env) for _ in range(n)]
+        try:
+            for i, proc in enumerate(procs):  # each instance has seen the account once
+                proc.invoke(track(account_id, f"seen{i}"))
+            dyn.take_ops()
+
+            def caller(i: int) -> None:
+                for k in range(per):
+                    procs[i].invoke(track(account_id, f"c{i}-{k}"))
+            threads = [threading.Thread(target=caller, args=(i,)) for i in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            per_track = dyn.take_ops().get("TransactWriteItems", 0) / (n * per)
+        finally:
+            for proc in procs:
+                proc.close()
+        out.append((f"usage calls per track, {n} concurrent callers on one account", f"{per_track:.2f}",
+                    "1" if n == 1 else "(contention cost)", per_track == 1 if n == 1 else None))
+
+    # The whole handler's CPU per track, warm (release binary, info logs as deployed).
+    p = WarmProcess("usage", {**env, "RUST_LOG": "info", "LOG_FORMAT": "json"})
+    try:
+        for i in range(WARM_UP):
+            p.invoke(track("acct_bench_pro", f"w{i}"))
+        time.sleep(0.2)
+        cpu0 = proc_cpu_ns(p.proc.pid)
+        for i in range(WARM_EVENTS):
+            p.invoke(track("acct_bench_pro", f"m{i}"))
+        cpu = (proc_cpu_ns(p.proc.pid) - cpu0) / WARM_EVENTS / 1000
+    finally:
+        p.close()
+    out.append(("usage whole-handler CPU per track, warm", f"{cpu:.0f} µs", "(no target)", None))
+    return out
+
+
+def usage_decision_cpu() -> None:
+    ns = json.loads((ROOT / "target" / "criterion" / "usage" / "track_decision" / "new" / "estimates.json").read_text())["mean"]["point_estimate"]
+    row("usage CPU per track decision (parse, price, burn down, answer)", f"{ns / 1000:.2f} µs", "≤ 10 µs", ns <= 10_000)
+
+
+def usage_load() -> None:
+    """5,000 tracks through the local stack's Invoke API from 32 concurrent callers, over 50
+    accounts and one hot account (a fifth of the traffic): nothing lost, nothing doubled, and
+    the whole invoke path's latency."""
+    import concurrent.futures
+    import os
+    import random
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "local"))
+    from with_aws import free_port
+
+    state = Path(tempfile.mkdtemp(prefix="bench-stack-"))
+    env = dict(os.environ, LOCAL_AWS_PORT=str(free_port()), LOCAL_DYNAMODB_PORT=str(free_port()),
+               LOCAL_HTTP_PORT=str(free_port()), LOCAL_LAMBDA_PORT=str(free_port()), LOCAL_STRIPE_PORT=str(free_port()),
+               LOCAL_STATE_DIR=str(state), LOCAL_BIN_DIR=str(ROOT / "target" / "release"), LOCAL_LAMBDA_CONCURRENCY="32")
+    stack = [PY, str(ROOT / "local" / "stack.py")]
+    subprocess.run([*stack, "up"], env=env, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    try:
+        local = dict(line.split("=", 1) for line in (state / "env").read_text().splitlines())
+        local = {k: v.strip("'") for k, v in local.items()}
+        invoke_url = f"{local['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/UsageFunction/invocations"
+
+        contended = []
+
+        def invoke(payload: dict) -> tuple[dict, float]:
+            """One call as an app makes it: a ContentionError is retried with the same request id
+            (which the function makes safe); the latency is the whole call's."""
+            t0 = time.perf_counter()
+            for _ in range(10):
+                req = urllib.request.Request(invoke_url, data=json.dumps(payload).encode(), method="POST")
+                with urllib.request.urlopen(req, timeout=60) as r:
+                    body = json.loads(r.read())
+                    failed = r.headers.get("X-Amz-Function-Error")
+                if not failed:
+                    return body, time.perf_counter() - t0
+                if body.get("errorType") != "ContentionError":
+                    raise SystemExit(f"usage invocation failed: {body}")
+                contended.append(payload["account_id"])
+            raise SystemExit(f"usage invocation kept failing: {body}")
+
+        rng = random.Random(7)
+        accounts = [f"acct_load_{i:02d}" for i in range(50)]
+        calls_planned = []
+        for i in range(5000):
+            account = "acct_load_hot" if i % 5 == 0 else rng.choice(accounts)
+            calls_planned.append(track(account, f"load-{i}", rng.randint(1, 400)))
+        with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+            results = list(pool.map(invoke, calls_planned))
+        latencies = sorted(t for _, t in results)
+        sent: dict[str, int] = {}
+        for payload, (answer, _) in zip(calls_planned, results):
+            assert answer["status"] == "recorded", answer
+            assert sum(answer["covered"].values()) == answer["units"], answer
+            sent[payload["account_id"]] = sent.get(payload["account_id"], 0) + answer["units"]
+        # Every unit is in the account's totals once, and a replay of any call changes nothing.
+        lost_or_doubled = 0
+        for account, units in sent.items():
+            with urllib.request.urlopen(f"{local['LOCAL_HTTP_ENDPOINT']}/v1/accounts/{account}/usage", timeout=30) as r:
+                usage = json.loads(r.read())
+            lost_or_doubled += abs(sum(p["totals"]["units"] for p in usage["periods"]) - units)
+        replays = [invoke(p)[0] for p in rng.sample(calls_planned, 100)]
+        doubled = sum(1 for a in replays if a["status"] != "duplicate")
+        pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+        row("load: 5,000 tracks, 32 callers, 50 accounts + 1 hot: units lost or doubled", str(lost_or_doubled + doubled), "0",
+            lost_or_doubled + doubled == 0)
+        row("load: invoke path p50 / p99 (local stack, DynamoDB Local)", f"{pct(0.5):.1f} / {pct(0.99):.1f} ms", "(measured)", None)
+        hot = sum(1 for a in contended if a == "acct_load_hot")
+        row("load: calls answered ContentionError and retried (hot account)", f"{len(contended)} ({hot})", "(measured)", None)
+    finally:
+        subprocess.run([*stack, "down"], env=env, check=True, timeout=120, stdout=subprocess.DEVNULL)
+
+
 # --- 4. deployment size ---------------------------------------------------------------------------
 
 
 def zip_size() -> None:
-    for binary in ("webhook", "processor", "api"):
+    for binary in ("webhook", "processor", "api", "usage"):
         run(["cargo", "lambda", "build", "--release", "--arm64", "--bin", binary, "--output-format", "zip"])
         size = (ROOT / "target" / "lambda" / binary / "bootstrap.zip").stat().st_size
         row(f"{binary} deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)
@@ -473,7 +727,9 @@ def zip_size() -> None:
 
 def main() -> None:
     webhook_cpu()
+    usage_decision_cpu()
     cold_start()
+    usage_load()
     zip_size()
     width = max(len(r[0]) for r in rows)
     print("\n" + "=" * 100)

@@ -3,9 +3,11 @@
 
 Starts the stack if it is not running (and stops it afterwards). Through the local Stripe, a
 customer subscribes (checkout → subscription → invoice paid), buys credits and gets a partial
-refund, has a payment fail and recover, with every webhook delivered twice and out of order;
-the app-facing API shows the account after each step. Then forged, tampered, replayed and
-live-mode deliveries are refused at the webhook.
+refund; her app then calls the usage function around its model requests (two models, a hold
+released and one settled) and runs through the plan's allowance into credits and overage; a
+payment fails and recovers. Every webhook is delivered twice and out of order; the app-facing API
+shows the account, and the usage function its balance, after each step. Then forged, tampered,
+replayed and live-mode deliveries are refused at the webhook.
 """
 
 from __future__ import annotations
@@ -166,7 +168,9 @@ def play_stripe_story(env: dict) -> None:
     wait_for(env, account, lambda a: a["credits"] == 600_000)
     print(f"    after a 4.00 USD refund: {api(env, f'/v1/accounts/{account}')['credits']:,} credits")
 
-    print("\n3. Next month's payment fails, then the retry succeeds.\n")
+    play_usage(env, account)
+
+    print("\n4. Next month's payment fails, then the retry succeeds.\n")
     sub_id = session_subscription(env, session["id"])
     sim(env, "clock/advance", {"seconds": 30 * 86_400})
     failing = sim(env, f"subscriptions/{sub_id}/renew", {"fail": True})
@@ -191,6 +195,69 @@ def play_stripe_story(env: dict) -> None:
           f"{sum(outcomes.values())} of them once each ({summary}).")
 
 
+def usage(env: dict, payload: dict) -> dict:
+    """Invokes UsageFunction as the app does (Lambda Invoke)."""
+    url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/UsageFunction/invocations"
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read())
+
+
+def show_balance(b: dict) -> None:
+    print(f"      left: {b['included_remaining']:,} of {b['included_units']:,} included, {b['credits']:,} credits, "
+          f"{b['reserved']:,} reserved; {b['overage_units']:,} overage units this period; "
+          f"{'allowed' if b['allowed'] else 'NOT allowed'}")
+
+
+def show_track(what: str, answer: dict) -> None:
+    c = answer["covered"]
+    print(f"    {what} → {answer['units']:,} units ({answer['status']}): included {c['included']:,} · "
+          f"credits {c['credits']:,} · overage {c['overage']:,} · uncovered {c['uncovered']:,}")
+    show_balance(answer["balance"])
+
+
+def call(account: str, request: str, model: str, tokens_in: int, tokens_out: int, **extra) -> dict:
+    return {"action": "track", "account_id": account, "request_id": request, "model": model,
+            "input_tokens": tokens_in, "output_tokens": tokens_out, **extra}
+
+
+def play_usage(env: dict, account: str) -> None:
+    print("\n3. Her app calls the usage function around its model requests (rate card: gpt-4o 2 / 8 units per\n"
+          "   input / output token, claude-sonnet 3 / 15, gpt-4o-mini 1 / 2).\n")
+    show_track("gpt-4o, 400,000 in / 100,000 out", usage(env, call(account, "req-1", "gpt-4o", 400_000, 100_000)))
+    show_track("claude-sonnet, 100,000 in / 20,000 out", usage(env, call(account, "req-2", "claude-sonnet", 100_000, 20_000)))
+    again = usage(env, call(account, "req-2", "claude-sonnet", 100_000, 20_000))
+    print(f"    the same request sent again → {again['status']}, {again['units']:,} units, nothing charged twice")
+
+    hold = {"action": "reserve", "account_id": account, "model": "gpt-4o-mini", "input_tokens": 1_000_000,
+            "output_tokens": 250_000, "ttl_seconds": 120}
+    r = usage(env, {**hold, "request_id": "req-3"})
+    print(f"    reserve for a gpt-4o-mini call → {r['status']} {r['units']:,} units ({r['reservation_id']})")
+    show_balance(r["balance"])
+    released = usage(env, {"action": "release", "account_id": account, "reservation_id": r["reservation_id"]})
+    print(f"    the model call fails; release → {released['status']}")
+    show_balance(released["balance"])
+    r = usage(env, {**hold, "request_id": "req-4"})
+    print(f"    reserve again → {r['status']} {r['units']:,} units")
+    show_track("the call succeeds with 900,000 in / 200,000 out, settled against the hold",
+               usage(env, call(account, "req-4", "gpt-4o-mini", 900_000, 200_000, reservation_id=r["reservation_id"])))
+    show_track("a long gpt-4o batch, 500,000 in / 150,000 out",
+               usage(env, call(account, "req-5", "gpt-4o", 500_000, 150_000)))
+
+    print("\n    This period's usage by model (GET /v1/accounts/{id}/usage), and who paid for it:")
+    for period in api(env, f"/v1/accounts/{account}/usage")["periods"]:
+        for m in period["models"] + [dict(period["totals"], model="total")]:
+            c = m["covered"]
+            print(f"      {m['model']:<14} {m['requests']:>2} calls {m['units']:>11,} units: included {c['included']:>10,} · "
+                  f"credits {c['credits']:>8,} · overage {c['overage']:>8,} · uncovered {c['uncovered']:,}")
+    ddb = boto3.client("dynamodb", endpoint_url=env["LOCAL_DYNAMODB_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    notes = [i for i in ddb.scan(TableName=env["TABLE_NAME_BILLING_TABLE"], ConsistentRead=True)["Items"]
+             if i["pk"]["S"].startswith("OUTBOX#") and i["account_id"]["S"] == account]
+    names = sorted(f"{n['name']['S']} {json.loads(n['detail']['S']).get('percent', '')}".strip() for n in notes)
+    print(f"    notifications written to the outbox with the usage that caused them: {', '.join(names)}")
+
+
 def processor_outcomes(env: dict, event_ids: set[str]) -> dict[str, int]:
     """How the processor recorded each event: one marker per event, whatever the deliveries."""
     ddb = boto3.client("dynamodb", endpoint_url=env["LOCAL_DYNAMODB_ENDPOINT"], region_name="us-east-1",
@@ -209,7 +276,7 @@ def session_subscription(env: dict, session_id: str) -> str:
 
 
 def play_forgeries(env: dict) -> None:
-    print(f"\n4. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
+    print(f"\n5. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
     for what, body, signature in forgeries(int(time.time())):
         event = json.loads(body)
         status, answer = deliver(env["WEBHOOK_URL"], body, signature)

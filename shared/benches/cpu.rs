@@ -1,5 +1,6 @@
-//! CPU per webhook delivery (signature check + envelope parse of a 5 KB Stripe event) and per
-//! processed event (full parse + deciding its writes).
+//! CPU per webhook delivery (signature check + envelope parse of a 5 KB Stripe event), per
+//! processed event (full parse + deciding its writes) and per usage `track` decision (parse and
+//! validate the invocation, price it, burn it down, build the answer).
 //!
 //! Measured in thread CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time, so a busy neighbour on
 //! a shared machine does not inflate the figure. `make bench` prints it beside the target and
@@ -112,9 +113,63 @@ fn processor(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
+/// The usage function's own CPU per `track`, everything but the round trip: the invocation's
+/// JSON parsed and validated, units priced from the rate card, the burn-down on an account with
+/// live holds, and the answer serialised.
+fn usage(c: &mut Criterion<ThreadCpuTime>) {
+    use shared::ids::{AccountId, RequestId, ReservationId};
+    use shared::usage::ledger::{Ledger, Terms, units};
+    use shared::usage::period::Period;
+    use shared::usage::request::UsageRequest;
+
+    let catalog = Catalog::embedded().unwrap();
+    let payload = br#"{"action":"track","account_id":"acct_1","request_id":"req_4f1c2b","model":"gpt-4o","input_tokens":1000,"output_tokens":200,"cached_input_tokens":300}"#;
+    let terms = Terms {
+        plan: "pro".into(),
+        included_units: 5_000_000,
+        overage: true,
+        period: Some(Period {
+            start: T - 86_400,
+            end: T + 29 * 86_400,
+        }),
+        suspended: false,
+    };
+    let mut ledger = Ledger::default();
+    ledger.grant(1_000_000);
+    let account = AccountId::parse("acct_1").unwrap();
+    for i in 0..8 {
+        let id =
+            ReservationId::for_request(&account, &RequestId::parse(&format!("hold_{i}")).unwrap());
+        ledger.reserve(&terms, T, id, 5_000, T + 60).unwrap();
+    }
+    let mut group = c.benchmark_group("usage");
+    group.bench_function("track_decision", |b| {
+        b.iter(|| {
+            let value: serde_json::Value = serde_json::from_slice(black_box(payload)).unwrap();
+            let UsageRequest::Track { call, .. } = UsageRequest::parse(&value, T).unwrap() else {
+                unreachable!()
+            };
+            let rate = catalog.rate(call.model.as_str());
+            let t = call.tokens;
+            let n = units(&rate, t.input, t.output, t.cached_input, t.reasoning).unwrap();
+            let mut l = ledger.clone();
+            let tracked = l.track(&terms, T, T, n, None);
+            let balance = l.balance(&terms, T);
+            let answer = serde_json::json!({
+                "status": "recorded",
+                "units": n,
+                "covered": [tracked.covered.included, tracked.covered.credits, tracked.covered.overage, tracked.covered.uncovered],
+                "balance": [balance.included_remaining, balance.credits, balance.reserved],
+            });
+            black_box(answer.to_string())
+        })
+    });
+    group.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpuTime).measurement_time(Duration::from_secs(3));
-    targets = bench, processor
+    targets = bench, processor, usage
 }
 criterion_main!(benches);

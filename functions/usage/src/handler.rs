@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -58,6 +58,11 @@ pub struct UsageHandler<S: UsageStore> {
     store: S,
     catalog: Catalog,
     seen: Mutex<HashMap<AccountId, UsageAccount<S::Version>>>,
+    /// Writes to one account from this process take turns: they would only fail each other's
+    /// commits, and each one decides from the state the one before it wrote (one round trip).
+    /// (A Lambda instance serves one invocation at a time; this matters where a process serves
+    /// several at once.)
+    turns: Mutex<HashMap<AccountId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One write's decision: the new ledger, what goes with it, and the answer if it commits.
@@ -113,6 +118,7 @@ impl<S: UsageStore> UsageHandler<S> {
             store,
             catalog,
             seen: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
         }
     }
 
@@ -196,7 +202,22 @@ impl<S: UsageStore> UsageHandler<S> {
                 self.remember(&account, state);
                 Ok(answer)
             }
-            _ => self.write(&request, &account, now, deadline).await,
+            _ => {
+                let turn = {
+                    let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+                    turns.entry(account.clone()).or_default().clone()
+                };
+                let answer = {
+                    let _mine = turn.lock().await;
+                    self.write(&request, &account, now, deadline).await
+                };
+                let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
+                // Forget the account's turn once nobody else is waiting for it.
+                if Arc::strong_count(&turn) == 2 {
+                    turns.remove(&account);
+                }
+                answer
+            }
         }
     }
 

@@ -113,10 +113,22 @@ fn track(account: &str, request: &str, units: u64) -> Value {
     json!({"action":"track","account_id":account,"request_id":request,"model":"unlisted-model","input_tokens":units,"output_tokens":0})
 }
 
+/// Runs the calls at once, each as an app makes it: a `ContentionError` (the account kept
+/// changing until the deadline) is retried with the same request id, which the function makes
+/// safe. The totals asserted afterwards would show any call charged twice.
 async fn run_all(calls: Vec<(Arc<Handler>, Value, i64)>) -> Vec<Value> {
     let tasks: Vec<_> = calls
         .into_iter()
-        .map(|(h, payload, now)| tokio::spawn(async move { h.handle(&payload, now).await }))
+        .map(|(h, payload, now)| {
+            tokio::spawn(async move {
+                loop {
+                    match h.handle(&payload, now).await {
+                        Err(e) if e.error_type() == "ContentionError" => continue,
+                        other => return other,
+                    }
+                }
+            })
+        })
         .collect();
     let mut out = Vec::new();
     for t in tasks {
@@ -308,4 +320,107 @@ async fn round_trips_are_one_call_each_on_a_warm_instance() {
     // An account never written: the guess is right the first time.
     h.handle(&track("acct_new", "r0", 1), NOW).await.unwrap();
     assert_eq!(t.calls.take(), ["TransactWriteItems"], "new account");
+}
+
+/// Credits are spent oldest pack first, so a refund of a pack that usage already spent takes
+/// nothing from a newer pack's credits (the processor's clawback, after real usage).
+#[tokio::test]
+async fn a_refund_of_a_spent_pack_never_takes_a_newer_packs_credits() {
+    use shared::billing::Write;
+    use shared::ids::StripeEventId;
+    use shared::store::{ApplyResult, BillingStore, DynamoDbBillingStore, EventRecord, WriteMode};
+
+    let t = table("usage-refund-spent-pack").await;
+    t.account("acct_packs", "free", 0, 0).await;
+    let billing = DynamoDbBillingStore::new(t.client.clone(), &t.name);
+    let account = shared::ids::AccountId::parse("acct_packs").unwrap();
+    let apply = |id: &str, created: i64, write: Write| {
+        let record = EventRecord {
+            event_id: StripeEventId::parse(id).unwrap(),
+            event_type: "test.event".into(),
+            created,
+            account: Some(account.clone()),
+            processed_at: NOW,
+        };
+        let billing = &billing;
+        async move {
+            billing
+                .apply(&record, "applied", &[write], WriteMode::Newer)
+                .await
+                .unwrap()
+        }
+    };
+    let grant = |pi: &str| Write::GrantCredits {
+        grant_id: pi.into(),
+        pack_id: "credits_small".into(),
+        credits: 1_000,
+        amount_paid: 1_000,
+        refunded_before: None,
+    };
+    assert_eq!(
+        apply("evt_pack_a", 10, grant("pi_a")).await,
+        ApplyResult::Applied
+    );
+    assert_eq!(
+        apply("evt_pack_b", 20, grant("pi_b")).await,
+        ApplyResult::Applied
+    );
+
+    let h = &t.instances(1)[0];
+    let spent = h
+        .handle(&track("acct_packs", "burn", 1_500), NOW)
+        .await
+        .unwrap();
+    assert_eq!(spent["covered"]["credits"], 1_500);
+
+    // Pack A is spent; its full refund is written off, and B's 500 stay.
+    let refund = |pi: &str| Write::ClawBack {
+        grant_id: pi.into(),
+        amount_refunded: 1_000,
+    };
+    assert_eq!(
+        apply("evt_refund_a", 30, refund("pi_a")).await,
+        ApplyResult::Applied
+    );
+    let balance = h
+        .handle(&json!({"action":"balance","account_id":"acct_packs"}), NOW)
+        .await
+        .unwrap();
+    assert_eq!(balance["credits"], 500);
+    // Pack B's refund takes what is left of it.
+    assert_eq!(
+        apply("evt_refund_b", 40, refund("pi_b")).await,
+        ApplyResult::Applied
+    );
+    let balance = h
+        .handle(&json!({"action":"balance","account_id":"acct_packs"}), NOW)
+        .await
+        .unwrap();
+    assert_eq!(balance["credits"], 0);
+}
+
+#[tokio::test]
+async fn another_accounts_reservation_cannot_be_released() {
+    let t = table("usage-foreign-hold").await;
+    let h = &t.instances(1)[0];
+    let r = h
+        .handle(&json!({"action":"reserve","account_id":"acct_a","request_id":"q","model":"m","input_tokens":1,"output_tokens":0,"ttl_seconds":60}), NOW)
+        .await
+        .unwrap();
+    let e = h
+        .handle(
+            &json!({"action":"release","account_id":"acct_b","reservation_id":r["reservation_id"]}),
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.error_type(), "ValidationError");
+    let mine = h
+        .handle(
+            &json!({"action":"release","account_id":"acct_a","reservation_id":r["reservation_id"]}),
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(mine["status"], "released");
 }

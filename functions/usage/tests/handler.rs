@@ -384,3 +384,29 @@ async fn bad_input_is_a_validation_error_naming_the_field_and_writes_nothing() {
         "nothing written"
     );
 }
+
+#[tokio::test]
+async fn another_accounts_reservation_is_not_found() {
+    let store = Store::default();
+    let h = handler(&store);
+    let r = call(&h, json!({"action":"reserve","account_id":"acct_1","request_id":"q","model":"m","input_tokens":1,"output_tokens":0,"ttl_seconds":60})).await;
+    let e = error(
+        &h,
+        json!({"action":"release","account_id":"acct_2","reservation_id":r["reservation_id"]}),
+    )
+    .await;
+    assert_eq!(e.error_type(), "ValidationError");
+    let mut settle = track("acct_2", "q", 1, 0);
+    settle["reservation_id"] = r["reservation_id"].clone();
+    assert_eq!(call(&h, settle).await["status"], "recorded");
+    assert_eq!(
+        store
+            .hold(
+                &shared::ids::ReservationId::parse(r["reservation_id"].as_str().unwrap()).unwrap()
+            )
+            .unwrap()
+            .status
+            .as_str(),
+        "held"
+    );
+}

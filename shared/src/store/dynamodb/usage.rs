@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::AttributeValue;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 
 use super::DynamoDbBillingStore;
 use super::item::{
@@ -458,10 +458,20 @@ impl UsageStore for DynamoDbUsageStore {
                 .client
                 .transact_write_items()
                 .set_transact_items(Some(items.clone()))
+                // What a use costs in write units, in the debug log (`make bench` reads it).
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await
             {
-                Ok(_) => return Ok(Committed::Done(version_after(expected, ledger))),
+                Ok(out) => {
+                    let units: f64 = out
+                        .consumed_capacity()
+                        .iter()
+                        .filter_map(|c| c.capacity_units())
+                        .sum();
+                    tracing::debug!(account_id = %account, write_units = units, "usage committed");
+                    return Ok(Committed::Done(version_after(expected, ledger)));
+                }
                 Err(e) => e,
             };
             let SdkError::ServiceError(service) = &err else {
@@ -499,7 +509,11 @@ impl UsageStore for DynamoDbUsageStore {
                     UsageChange::Track(_) | UsageChange::Reserve(_) => Committed::Duplicate(
                         old.and_then(|o| get_s(o, "answer")).unwrap_or_default(),
                     ),
-                    UsageChange::Release { .. } => Committed::NotHeld(old.and_then(hold_from)),
+                    // Another account's reservation is no reservation of this one.
+                    UsageChange::Release { .. } => Committed::NotHeld(
+                        old.filter(|o| get_s(o, "account_id").as_deref() == Some(account.as_str()))
+                            .and_then(hold_from),
+                    ),
                 });
             }
             // The account moved on: decide again from where it is now.
