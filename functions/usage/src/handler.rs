@@ -103,13 +103,17 @@ fn with_status(answer: &str, status: &str) -> Value {
 
 /// The pause before attempt `attempt` (from 0). The second attempt goes at once: the failed
 /// commit brought the account as it is now. After that, others are writing the account too, so
-/// the contenders spread out: 2, 4, 8 .. 256 ms ceilings, full jitter.
-fn backoff(attempt: u32) -> Duration {
+/// the contenders spread out over a window of round trips (`round_trip`, the last commit's),
+/// doubling from one up to 32 of them, at most a second, with full jitter: a window measured
+/// in round trips holds the same number of commits whether the table answers in 5 ms or 200.
+fn backoff(attempt: u32, round_trip: Duration) -> Duration {
     if attempt < 2 {
         return Duration::ZERO;
     }
-    let ceiling_ms = 2u64 << (attempt - 2).min(7);
-    Duration::from_micros(RandomState::new().hash_one(attempt) % (ceiling_ms * 1000 + 1))
+    let ceiling = (round_trip.max(Duration::from_millis(2)) * (1u32 << (attempt - 2).min(5)))
+        .min(Duration::from_secs(1));
+    let ceiling_us = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
+    Duration::from_micros(RandomState::new().hash_one(attempt) % (ceiling_us + 1))
 }
 
 impl<S: UsageStore> UsageHandler<S> {
@@ -234,9 +238,10 @@ impl<S: UsageStore> UsageHandler<S> {
             None => (self.store.never_written(), false),
         };
         let mut settle = true;
+        let mut round_trip = Duration::ZERO;
         let mut attempt = 0;
         loop {
-            let pause = backoff(attempt);
+            let pause = backoff(attempt, round_trip);
             if Instant::now() + pause + DEADLINE_MARGIN >= deadline {
                 break;
             }
@@ -255,7 +260,8 @@ impl<S: UsageStore> UsageHandler<S> {
                     continue;
                 }
             };
-            match self
+            let sent = Instant::now();
+            let committed = self
                 .store
                 .commit(
                     account,
@@ -264,8 +270,9 @@ impl<S: UsageStore> UsageHandler<S> {
                     &decision.change,
                     &decision.notifications,
                 )
-                .await?
-            {
+                .await?;
+            round_trip = sent.elapsed();
+            match committed {
                 Committed::Done(version) => {
                     self.remember(
                         account,
@@ -286,7 +293,18 @@ impl<S: UsageStore> UsageHandler<S> {
                 Committed::Duplicate(first) => return Ok(with_status(&first, "duplicate")),
                 Committed::NotHeld(record) => match request {
                     UsageRequest::Release { .. } => {
-                        return release_answer(record, &state, self, now);
+                        if record.is_none() {
+                            return Err(ValidationError::new(
+                                "reservation_id",
+                                "no such reservation on this account",
+                            )
+                            .into());
+                        }
+                        // Nothing was written; the balance is read, since this instance's
+                        // memory of the account may be behind.
+                        let now_state = self.store.load(account).await?;
+                        self.remember(account, now_state.clone());
+                        return release_answer(record, &now_state, self, now);
                     }
                     // The hold ended between the read and the write: charge without it.
                     _ => {
