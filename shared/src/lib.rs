@@ -5,6 +5,7 @@
 //!   the processor acts on (pure, no I/O).
 //! - [`catalog`]: plans, credit packs and the rate card, from `catalog.toml`.
 //! - [`usage`]: the usage function's rules: units, burn-down, holds, periods (pure, no I/O).
+//! - [`metering`]: overage to Stripe's meter exactly once: claim, then send (pure, no I/O).
 //! - [`queue`]: the event queue port and its SQS / in-memory adapters.
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: what a function does once, at cold start.
 
@@ -15,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ids;
+pub mod metering;
 pub mod queue;
 pub mod secrets;
 pub mod store;
