@@ -261,7 +261,7 @@ mod tests {
             let mut state = ReportState::default();
             let mut stripe: HashMap<String, u64> = HashMap::new();
             let mut now = START;
-            let mut run = |state: &mut ReportState, local: u64, now: i64, crash: Crash, stripe: &mut HashMap<String, u64>| -> Result<(), TestCaseError> {
+            let run = |state: &mut ReportState, local: u64, now: i64, crash: Crash, stripe: &mut HashMap<String, u64>| -> Result<(), TestCaseError> {
                 let claim = match next_report(&acct(), PERIOD, state, local, now) {
                     Report::UpToDate => return Ok(()),
                     Report::TooLate { .. } => return Err(TestCaseError::fail("in the window")),
