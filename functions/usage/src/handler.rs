@@ -22,7 +22,7 @@ use shared::store::usage::{
 };
 use shared::usage::ledger::{Balance, Ledger, Notice, Released, Terms, Tracked, units};
 use shared::usage::request::{Call, UsageRequest, ValidationError};
-use tracing::{debug, warn};
+use tracing::{debug, error, info, instrument, warn};
 
 /// A write stops deciding again this long before the invocation's deadline, to answer in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
@@ -176,7 +176,24 @@ impl<S: UsageStore> UsageHandler<S> {
     /// Answers `payload` at `now`, deciding again under contention until shortly before
     /// `deadline` (the invocation's), then answering `ContentionError` (safe to retry with the
     /// same request id).
+    #[instrument(skip_all, fields(action, account_id))]
     pub async fn handle_before(
+        &self,
+        payload: &Value,
+        now: i64,
+        deadline: Instant,
+    ) -> Result<Value, UsageError> {
+        let answer = self.answer(payload, now, deadline).await;
+        match &answer {
+            Ok(_) => {}
+            // The caller's mistake: its field, never its values.
+            Err(UsageError::Validation(e)) => info!(field = %e.field, "invalid usage input"),
+            Err(e) => error!(error_type = e.error_type(), error = %e, "usage call failed"),
+        }
+        answer
+    }
+
+    async fn answer(
         &self,
         payload: &Value,
         now: i64,
@@ -184,6 +201,9 @@ impl<S: UsageStore> UsageHandler<S> {
     ) -> Result<Value, UsageError> {
         let request = UsageRequest::parse(payload, now)?;
         let account = request.account().clone();
+        let span = tracing::Span::current();
+        span.record("action", request.action());
+        span.record("account_id", account.as_str());
         match &request {
             UsageRequest::Check { call, .. } => {
                 let units = self.units_of(call)?;
