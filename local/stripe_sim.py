@@ -79,6 +79,11 @@ class StripeSimulator:
         self.events: list[dict] = []
         self.idempotency: dict[str, tuple[str, int, bytes]] = {}
         self.meter_events: dict[str, dict] = {}
+        self.meters = load_meters()
+        # Stripe takes one meter event at a time per customer and meter; a call that arrives
+        # while another is being recorded is answered 429. `hold_ms` is how long recording takes.
+        self.meter_in_flight: set[tuple[str, str]] = set()
+        self.meter_hold_ms = 20
         self.faults: list[dict] = []
         self.delivery = {"duplicate": 0, "reorder": False, "delay_ms": 0, "paused": False}
         self.clock_offset = 0
@@ -375,23 +380,86 @@ class StripeSimulator:
         self.emit("charge.refunded", charge)
         return refund
 
+    def meter_for(self, event_name: str) -> dict:
+        for meter in self.meters.values():
+            if meter["event_name"] == event_name:
+                return meter
+        raise ApiError(400, f"No active meter was found matching event_name {event_name!r}.", param="event_name")
+
     def meter_event(self, params: dict) -> dict:
-        identifier = params.get("identifier") or new_id("mev")
-        for field in ("event_name",):
-            if not params.get(field):
-                raise ApiError(400, f"Missing required param: {field}.", param=field)
+        """`POST /v1/billing/meter_events`, called without the simulator's lock: the per-customer
+        lock is what concurrent calls meet."""
+        event_name = params.get("event_name")
+        if not event_name:
+            raise ApiError(400, "Missing required param: event_name.", param="event_name")
+        meter = self.meter_for(event_name)
         payload = params.get("payload") or {}
-        if "stripe_customer_id" not in payload or "value" not in payload:
-            raise ApiError(400, "payload needs stripe_customer_id and value", param="payload")
+        customer, value = payload.get(meter["customer_key"]), payload.get(meter["value_key"])
+        if not customer or value is None:
+            raise ApiError(400, f"payload needs {meter['customer_key']} and {meter['value_key']}.", param="payload")
+        if not str(value).isdigit() or len(str(value)) > 15:
+            raise ApiError(400, "payload value must be a whole number of at most 15 digits.", param="payload[value]")
+        now = self.now()
+        timestamp = int(params.get("timestamp") or now)
+        if timestamp < now - 35 * DAY:
+            raise ApiError(400, "timestamp must be within the past 35 calendar days.", param="timestamp")
+        if timestamp > now + 300:
+            raise ApiError(400, "timestamp must be at most 5 minutes in the future.", param="timestamp")
+        identifier = params.get("identifier") or new_id("mev")
+        key = (customer, event_name)
         with self.lock:
+            self.get(customer, "customer")
             if identifier in self.meter_events:
-                # Stripe ignores a meter event whose identifier it has seen (within 24 hours).
+                # Stripe ignores an identifier it has seen (for at least 24 hours).
                 return self.meter_events[identifier]
-            ev = copy.deepcopy(FIXTURES["billing.meter_event"])
-            ev.update(identifier=identifier, event_name=params["event_name"], payload=payload,
-                      timestamp=int(params.get("timestamp", self.now())), created=self.now(), livemode=False)
-            self.meter_events[identifier] = ev
-            return ev
+            if key in self.meter_in_flight:
+                raise ApiError(429, "A meter event for this customer and meter is already being processed; retry.",
+                               type_="rate_limit_error", code="rate_limit")
+            self.meter_in_flight.add(key)
+        try:
+            time.sleep(self.meter_hold_ms / 1000)
+            with self.lock:
+                ev = copy.deepcopy(FIXTURES["billing.meter_event"])
+                ev.update(identifier=identifier, event_name=event_name, payload=payload,
+                          timestamp=timestamp, created=now, livemode=False)
+                self.meter_events[identifier] = ev
+                return ev
+        finally:
+            with self.lock:
+                self.meter_in_flight.discard(key)
+
+    def meter_json(self, meter_id: str) -> dict:
+        m = self.meters.get(meter_id)
+        if m is None:
+            raise ApiError(404, f"No such billing meter: '{meter_id}'", code="resource_missing", param="id")
+        out = copy.deepcopy(FIXTURES["billing.meter"])
+        out.update(id=meter_id, event_name=m["event_name"], display_name=m.get("display_name", meter_id),
+                   customer_mapping={"event_payload_key": m["customer_key"], "type": "by_id"},
+                   value_settings={"event_payload_key": m["value_key"]}, livemode=False)
+        return out
+
+    def event_summaries(self, meter_id: str, query: dict) -> dict:
+        """One summary of the customer's events in [start_time, end_time), both minute-aligned."""
+        meter = self.meter_json(meter_id)
+        for field in ("customer", "start_time", "end_time"):
+            if not query.get(field):
+                raise ApiError(400, f"Missing required param: {field}.", param=field)
+        start, end = int(query["start_time"]), int(query["end_time"])
+        for field, t in (("start_time", start), ("end_time", end)):
+            if t % 60:
+                raise ApiError(400, f"{field} must be aligned with minute boundaries.", param=field)
+        if query.get("value_grouping_window"):
+            raise ApiError(400, "value_grouping_window is not supported by the simulator.", param="value_grouping_window")
+        key = meter["customer_mapping"]["event_payload_key"]
+        total = sum(int(e["payload"][meter["value_settings"]["event_payload_key"]])
+                    for e in self.meter_events.values()
+                    if e["event_name"] == meter["event_name"] and e["payload"].get(key) == query["customer"]
+                    and start <= e["timestamp"] < end)
+        summary = copy.deepcopy(FIXTURES["billing.meter_event_summary"])
+        summary.update(id=new_id("mtrusg"), meter=meter_id, aggregated_value=total, start_time=start,
+                       end_time=end, livemode=False)
+        return {"object": "list", "data": [summary], "has_more": False,
+                "url": f"/v1/billing/meters/{meter_id}/event_summaries"}
 
     def list_events(self, query: dict) -> dict:
         limit = min(int(query.get("limit", 10)), 100)
@@ -408,6 +476,8 @@ class StripeSimulator:
 
     def route(self, method: str, path: str, params: dict, query: dict) -> tuple[int, dict]:
         p = path.rstrip("/").split("/")[1:]  # e.g. ["v1", "customers", "cus_1"]
+        if method == "POST" and p == ["v1", "billing", "meter_events"]:
+            return 200, self.meter_event(params)
         if p == ["_sim", "drain"]:
             # Waits for the delivery thread, so it must not hold the lock that thread needs.
             return 200, {"drained": self.drained(float(params.get("timeout", 20)))}
@@ -447,8 +517,13 @@ class StripeSimulator:
                     return 200, {"object": "list", "data": data[::-1], "has_more": False, "url": "/v1/invoices"}
                 case "POST", ["billing_portal", "sessions"]:
                     return 200, self.portal_session(params)
-                case "POST", ["billing", "meter_events"]:
-                    return 200, self.meter_event(params)
+                case "GET", ["billing", "meters"]:
+                    data = [self.meter_json(m) for m in self.meters]
+                    return 200, {"object": "list", "data": data, "has_more": False, "url": "/v1/billing/meters"}
+                case "GET", ["billing", "meters", mid]:
+                    return 200, self.meter_json(mid)
+                case "GET", ["billing", "meters", mid, "event_summaries"]:
+                    return 200, self.event_summaries(mid, query)
                 case "POST", ["refunds"]:
                     return 200, self.refund(params)
                 case "GET", ["events"]:
@@ -493,6 +568,10 @@ class StripeSimulator:
                 self.delivery.update({k: body[k] for k in ("duplicate", "reorder", "delay_ms", "paused") if k in body})
                 self.wake.notify()
                 return self.delivery
+            case ["meters"]:
+                # {"hold_ms": N}: how long recording one meter event takes (the 429 window).
+                self.meter_hold_ms = int(body.get("hold_ms", self.meter_hold_ms))
+                return {"hold_ms": self.meter_hold_ms}
             case ["clock", "advance"]:
                 self.clock_offset += int(body.get("seconds", 0))
                 return {"now": self.now()}
@@ -583,6 +662,12 @@ def load_prices(path: Path = Path(__file__).resolve().parent / "stripe-prices.to
     import tomllib
 
     return tomllib.loads(path.read_text())["prices"]
+
+
+def load_meters(path: Path = Path(__file__).resolve().parent / "stripe-prices.toml") -> dict[str, dict]:
+    import tomllib
+
+    return tomllib.loads(path.read_text()).get("meters", {})
 
 
 def serve(port: int, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict]) -> tuple[StripeSimulator, ThreadingHTTPServer]:
