@@ -12,12 +12,13 @@ use crate::ids::{AccountId, StripeEventId};
 
 pub mod dynamodb;
 pub mod memory;
+pub mod metering;
 pub mod usage;
 pub mod usage_memory;
 
 pub use dynamodb::DynamoDbBillingStore;
 
-pub use dynamodb::DynamoDbUsageStore;
+pub use dynamodb::{DynamoDbMeteringStore, DynamoDbUsageStore};
 pub use memory::InMemoryBillingStore;
 pub use usage_memory::InMemoryUsageStore;
 

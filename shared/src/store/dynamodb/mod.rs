@@ -9,6 +9,7 @@
 //! | invoice and its dunning case | `ACCOUNT#{account id}` | `INVOICE#{invoice id}` | `invoices` |
 //! | credit grant (ledger entry) or a refund awaiting it | `ACCOUNT#{account id}` | `CREDIT#{payment intent}` | `credits` |
 //! | usage: records, per-period totals, holds, the outbox | see the module | | `usage` |
+//! | a period's meter report state | `ACCOUNT#{account id}` | `REPORT#{period start}` | `metering` |
 //!
 //! `apply` is one `TransactWriteItems`: the marker (`attribute_not_exists`) and every write's
 //! operations, merged per item, each with the condition that restates its rule from
@@ -20,8 +21,10 @@ mod credits;
 mod events;
 mod invoices;
 mod item;
+mod metering;
 mod usage;
 
+pub use metering::DynamoDbMeteringStore;
 pub use usage::{DynamoDbUsageStore, Snapshot};
 
 use std::collections::HashMap;

@@ -193,8 +193,12 @@ fn account_from(item: Option<&Item>) -> UsageAccount<Snapshot> {
     }
 }
 
-/// The account's new ledger, if it is still as loaded.
-fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger) -> Op {
+/// `report_due`'s value while an account has overage not yet reported: the key of the sparse
+/// `ReportDue` index the meter reporter reads.
+pub(super) const REPORT_DUE: &str = "due";
+
+/// The account's new ledger, if it is still as loaded; `overage` marks it due for reporting.
+fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger, overage: bool) -> Op {
     let mut e = Expr::default();
     let condition = match &expected.0 {
         None => {
@@ -226,6 +230,9 @@ fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger) -> Op {
             AttributeValue::Bool(ledger.blocked_notified),
         )
         .set("account_id", s(account.as_str()));
+    if overage {
+        e.set("report_due", s(REPORT_DUE));
+    }
     match &ledger.current {
         Some(c) => e.set("u_cur", counter_to(c)),
         None => e.remove("u_cur"),
@@ -419,7 +426,7 @@ impl UsageStore for DynamoDbUsageStore {
         let recorded_at = match change {
             UsageChange::Track(r) => {
                 ops.push(record_op(account, r));
-                ops.push(account_op(account, expected, ledger));
+                ops.push(account_op(account, expected, ledger, r.covered.overage > 0));
                 ops.push(totals_op(account, r));
                 if let Some(settled) = &r.settled {
                     ops.push(hold_status_op(account, settled, HoldStatus::Settled));
@@ -428,7 +435,7 @@ impl UsageStore for DynamoDbUsageStore {
             }
             UsageChange::Reserve(h) => {
                 ops.push(hold_put_op(account, h));
-                ops.push(account_op(account, expected, ledger));
+                ops.push(account_op(account, expected, ledger, false));
                 h.expires_at
             }
             UsageChange::Release {
@@ -436,7 +443,7 @@ impl UsageStore for DynamoDbUsageStore {
                 status,
             } => {
                 ops.push(hold_status_op(account, reservation, *status));
-                ops.push(account_op(account, expected, ledger));
+                ops.push(account_op(account, expected, ledger, false));
                 0
             }
         };
