@@ -183,7 +183,9 @@ impl<S: UsageStore> UsageHandler<S> {
         now: i64,
         deadline: Instant,
     ) -> Result<Value, UsageError> {
-        let answer = self.answer(payload, now, deadline).await;
+        // Boxed: the answer's future nests the store's, the SDK's and the retry loop's, deeper
+        // than the compiler's layout limit allows inside the runtime's own future.
+        let answer = Box::pin(self.answer(payload, now, deadline)).await;
         match &answer {
             Ok(_) => {}
             // The caller's mistake: its field, never its values.
