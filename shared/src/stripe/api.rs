@@ -98,8 +98,8 @@ pub const CALL_BUDGET: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct RealStripe {
-    client: stripe::Client,
-    budget: std::time::Duration,
+    pub(super) client: stripe::Client,
+    pub(super) budget: std::time::Duration,
 }
 
 impl std::fmt::Debug for RealStripe {

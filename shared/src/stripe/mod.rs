@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod envelope;
+pub mod meter;
 pub mod objects;
 pub mod signature;
 
