@@ -135,3 +135,15 @@ impl MeterApi for FakeMeter {
         Ok(())
     }
 }
+
+/// One meter shared by several reporters (overlapping runs in tests).
+impl<T: MeterApi + Send + Sync> MeterApi for std::sync::Arc<T> {
+    fn send(
+        &self,
+        meter: &MeterConfig,
+        customer_id: &str,
+        claim: &Claim,
+    ) -> impl Future<Output = Result<(), MeterError>> + Send {
+        (**self).send(meter, customer_id, claim)
+    }
+}

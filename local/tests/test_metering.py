@@ -1,0 +1,48 @@
+"""Overage from the usage function reaches the simulator's meter through the reporter
+(async-stripe's typed meter-event request), once, and the meter's total equals the local one."""
+
+import json
+import time
+import urllib.parse
+import uuid
+
+from conftest import Stripe, eventually, http
+from test_flows import account_where, subscribe
+from test_usage import invoke
+
+
+def report_now(env) -> tuple[dict, str | None]:
+    """Fires the reporter as its schedule would (the Invoke API, a scheduled event)."""
+    import urllib.request
+
+    url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/ReporterFunction/invocations"
+    event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "region": "us-east-1", "detail": {}}
+    req = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read()), r.headers.get("X-Amz-Function-Error")
+
+
+def test_overage_reaches_the_meter_once(stack):
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    subscribe(stripe, account)
+    body = account_where(env, account, lambda a: a["plan"] == "pro" and a["customer_id"], "the subscription applied")
+    customer = body["customer_id"]
+    # Pro includes 5,000,000 units: the rest is overage.
+    track = {"action": "track", "account_id": account, "model": "unlisted-model", "output_tokens": 0}
+    invoke(env, {**track, "request_id": "big", "input_tokens": 5_000_100})
+    invoke(env, {**track, "request_id": "more", "input_tokens": 23})
+
+    answer, error = report_now(env)
+    assert error is None, answer
+    assert answer["confirmed"] >= 1
+    again, error = report_now(env)
+    assert error is None and again["sent"] == 0, again
+
+    now = int(time.time())
+    start, end = now - now % 60 - 3600, now - now % 60 + 3600
+    query = urllib.parse.urlencode({"customer": customer, "start_time": start, "end_time": end})
+    status, summaries = stripe.call("GET", f"/v1/billing/meters/mtr_local_overage/event_summaries?{query}")
+    assert status == 200, summaries
+    assert summaries["data"][0]["aggregated_value"] == 123
