@@ -305,7 +305,7 @@ def cold_start() -> None:
     from template import Template, load
     from provision import provision
 
-    run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage"])
+    run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage", "-p", "reporter"])
     with local_aws() as endpoints:
         endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
@@ -328,6 +328,9 @@ def cold_start() -> None:
             # The sample's account, tracked again by each cold start: recorded once, then duplicates.
             ("usage", "UsageFunction", lambda: (ROOT / "events" / "usage.json").read_bytes(),
              lambda r: r.get("status") in ("recorded", "duplicate")),
+            # A scheduled run with nothing due: no Stripe call.
+            ("reporter", "ReporterFunction", lambda: (ROOT / "events" / "reporter.json").read_bytes(),
+             lambda r: r.get("sent") == 0),
         ]
         results = {}
         for binary, name, event, ok in cases:
@@ -719,7 +722,7 @@ def usage_load() -> None:
 
 
 def zip_size() -> None:
-    for binary in ("webhook", "processor", "api", "usage"):
+    for binary in ("webhook", "processor", "api", "usage", "reporter"):
         run(["cargo", "lambda", "build", "--release", "--arm64", "--bin", binary, "--output-format", "zip"])
         size = (ROOT / "target" / "lambda" / binary / "bootstrap.zip").stat().st_size
         row(f"{binary} deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)
