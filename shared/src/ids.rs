@@ -51,15 +51,17 @@ fn check(kind: &'static str, prefix: &'static str, value: &str) -> Result<(), Id
     Ok(())
 }
 
+/// An id type whose only constructor is `parse`, which runs `$check` on the value.
 macro_rules! id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $check:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
         pub struct $name(String);
 
         impl $name {
             pub fn parse(value: &str) -> Result<Self, IdError> {
-                check($kind, $prefix, value)?;
+                let check: fn(&str) -> Result<(), IdError> = $check;
+                check(value)?;
                 Ok(Self(value.to_owned()))
             }
 
@@ -92,15 +94,13 @@ macro_rules! id_type {
 id_type!(
     /// A Stripe event id (`evt_...`).
     StripeEventId,
-    "event id",
-    "evt_"
+    |v| check("event id", "evt_", v)
 );
 
 id_type!(
     /// Any Stripe object id (`cus_...`, `sub_...`, `in_...`): the prefix names the object type.
     StripeObjectId,
-    "object id",
-    ""
+    |v| check("object id", "", v)
 );
 
 /// The app's own id for a customer account (`acct_1`, `team-42`, a UUID).
@@ -164,48 +164,16 @@ fn check_printable(kind: &'static str, value: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-macro_rules! printable_id_type {
-    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
-
-        impl $name {
-            pub fn parse(value: &str) -> Result<Self, IdError> {
-                check_printable($kind, value)?;
-                Ok(Self(value.to_owned()))
-            }
-
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl TryFrom<&str> for $name {
-            type Error = IdError;
-            fn try_from(value: &str) -> Result<Self, IdError> {
-                Self::parse(value)
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-
-printable_id_type!(
+id_type!(
     /// The app's id for one model call: what makes a `track` (or a `reserve`) happen once.
     RequestId,
-    "request_id"
+    |v| check_printable("request_id", v)
 );
 
-printable_id_type!(
+id_type!(
     /// A model name as the app sends it (`gpt-4o`); the rate card prices it.
     ModelName,
-    "model"
+    |v| check_printable("model", v)
 );
 
 /// A hold's id: derived from the account and the reserving request, so a repeated `reserve`

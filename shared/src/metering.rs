@@ -60,13 +60,6 @@ pub enum Report {
     TooLate { unreported: u64 },
 }
 
-/// Why local and Stripe's totals disagree, if they do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mismatch {
-    pub local: u64,
-    pub stripe: u64,
-}
-
 /// `ovg_` and 32 hex digits of a hash of (account, period start, sequence): never reused for
 /// another value, within Stripe's 100-character limit whatever the account id's length.
 pub fn identifier(account: &AccountId, period_start: i64, seq: u64) -> String {
@@ -133,11 +126,6 @@ impl ReportState {
             _ => self.clone(),
         }
     }
-}
-
-/// Reconciliation: the units confirmed locally against Stripe's meter summary for the period.
-pub fn reconcile(local: u64, stripe: u64) -> Option<Mismatch> {
-    (local != stripe).then_some(Mismatch { local, stripe })
 }
 
 #[cfg(test)]
@@ -298,7 +286,7 @@ mod tests {
             prop_assert_eq!(state.in_flight.clone(), None);
             prop_assert_eq!(state.confirmed, local);
             prop_assert_eq!(stripe.values().sum::<u64>(), local);
-            prop_assert_eq!(reconcile(state.confirmed, stripe.values().sum()), None);
+            prop_assert_eq!(state.confirmed, stripe.values().sum::<u64>());
         }
     }
 }

@@ -218,3 +218,37 @@ impl CountRequests {
         )
     }
 }
+
+/// Writes an account item as the processor leaves it (`ACCOUNT#{account}` / `ACCOUNT`): its
+/// plan, the plan's allowance, and any other attributes given (`credits`, `customer_id`,
+/// `sub_status`, the period...).
+pub async fn put_account(
+    client: &aws_sdk_dynamodb::Client,
+    table: &str,
+    account: &str,
+    plan: &str,
+    included_units: u64,
+    more: Vec<(&str, aws_sdk_dynamodb::types::AttributeValue)>,
+) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let mut item = std::collections::HashMap::from([
+        (
+            "pk".to_owned(),
+            AttributeValue::S(format!("ACCOUNT#{account}")),
+        ),
+        ("sk".to_owned(), AttributeValue::S("ACCOUNT".into())),
+        ("effective_plan".to_owned(), AttributeValue::S(plan.into())),
+        (
+            "included_units".to_owned(),
+            AttributeValue::N(included_units.to_string()),
+        ),
+    ]);
+    item.extend(more.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    client
+        .put_item()
+        .table_name(table)
+        .set_item(Some(item))
+        .send()
+        .await
+        .expect("putting an account item");
+}

@@ -147,16 +147,7 @@ fn usage_json(account: &AccountId, totals: &[ModelTotals]) -> Value {
             ..ModelTotals::default()
         };
         for m in group {
-            sum.requests += m.requests;
-            sum.units += m.units;
-            sum.covered.included += m.covered.included;
-            sum.covered.credits += m.covered.credits;
-            sum.covered.overage += m.covered.overage;
-            sum.covered.uncovered += m.covered.uncovered;
-            sum.tokens.input += m.tokens.input;
-            sum.tokens.output += m.tokens.output;
-            sum.tokens.cached_input += m.tokens.cached_input;
-            sum.tokens.reasoning += m.tokens.reasoning;
+            sum.add(m.requests, m.units, m.covered, m.tokens);
         }
         let entry = |m: &ModelTotals| {
             json!({

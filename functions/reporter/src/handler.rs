@@ -85,10 +85,6 @@ impl<S: MeteringStore, M: MeterApi> Reporter<S, M> {
         self
     }
 
-    pub fn meter(&self) -> &M {
-        &self.meter
-    }
-
     pub async fn run(&self, now: i64, deadline: Instant) -> Result<RunSummary, StoreError> {
         let mut summary = RunSummary::default();
         for account in self.store.due_accounts().await? {

@@ -2,7 +2,6 @@
 //! identifier, as Stripe does): overage from real usage tracks reaches the meter once, whatever
 //! crashes, retries and overlapping runs happen.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,26 +28,16 @@ async fn setup(test: &str, accounts: usize) -> Setup {
     let client = testkit::dynamodb().await;
     let table = testkit::billing_table(&client, test).await;
     for i in 0..accounts {
-        let item = HashMap::from([
-            (
-                "pk".to_owned(),
-                AttributeValue::S(format!("ACCOUNT#acct_{i}")),
-            ),
-            ("sk".to_owned(), AttributeValue::S("ACCOUNT".into())),
-            ("effective_plan".to_owned(), AttributeValue::S("pro".into())),
-            ("included_units".to_owned(), AttributeValue::N("0".into())),
-            (
-                "customer_id".to_owned(),
-                AttributeValue::S(format!("cus_{i}")),
-            ),
-        ]);
-        client
-            .put_item()
-            .table_name(&table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .unwrap();
+        let customer = AttributeValue::S(format!("cus_{i}"));
+        testkit::put_account(
+            &client,
+            &table,
+            &format!("acct_{i}"),
+            "pro",
+            0,
+            vec![("customer_id", customer)],
+        )
+        .await;
     }
     let usage = Arc::new(UsageHandler::new(
         Arc::new(DynamoDbUsageStore::new(client.clone(), &table)),

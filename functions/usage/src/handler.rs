@@ -126,10 +126,6 @@ impl<S: UsageStore> UsageHandler<S> {
         }
     }
 
-    pub fn store(&self) -> &S {
-        &self.store
-    }
-
     fn remember(&self, account: &AccountId, state: UsageAccount<S::Version>) {
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if seen.len() >= CACHE_LIMIT && !seen.contains_key(account) {

@@ -51,26 +51,15 @@ impl Table {
 
     /// The account as the processor leaves it: a plan, its allowance, and credits.
     async fn account(&self, account: &str, plan: &str, included: u64, credits: u64) {
-        let item = HashMap::from([
-            (
-                "pk".to_owned(),
-                AttributeValue::S(format!("ACCOUNT#{account}")),
-            ),
-            ("sk".to_owned(), AttributeValue::S("ACCOUNT".into())),
-            ("effective_plan".to_owned(), AttributeValue::S(plan.into())),
-            (
-                "included_units".to_owned(),
-                AttributeValue::N(included.to_string()),
-            ),
-            ("credits".to_owned(), AttributeValue::N(credits.to_string())),
-        ]);
-        self.client
-            .put_item()
-            .table_name(&self.name)
-            .set_item(Some(item))
-            .send()
-            .await
-            .unwrap();
+        testkit::put_account(
+            &self.client,
+            &self.name,
+            account,
+            plan,
+            included,
+            vec![("credits", AttributeValue::N(credits.to_string()))],
+        )
+        .await;
         self.calls.take();
     }
 

@@ -2,7 +2,6 @@
 //! account due on a sparse index; claims and confirmations are conditional; the due mark comes
 //! off only when nothing arrived since it was read.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -21,29 +20,16 @@ async fn overage_is_found_claimed_once_confirmed_once_and_cleared_only_when_noth
     let client = testkit::dynamodb().await;
     let table = testkit::billing_table(&client, "metering").await;
     for (account, included) in [("acct_over", 10u64), ("acct_within", 1_000)] {
-        let item = HashMap::from([
-            (
-                "pk".to_owned(),
-                AttributeValue::S(format!("ACCOUNT#{account}")),
-            ),
-            ("sk".to_owned(), AttributeValue::S("ACCOUNT".into())),
-            ("effective_plan".to_owned(), AttributeValue::S("pro".into())),
-            (
-                "included_units".to_owned(),
-                AttributeValue::N(included.to_string()),
-            ),
-            (
-                "customer_id".to_owned(),
-                AttributeValue::S(format!("cus_{account}")),
-            ),
-        ]);
-        client
-            .put_item()
-            .table_name(&table)
-            .set_item(Some(item))
-            .send()
-            .await
-            .unwrap();
+        let customer = AttributeValue::S(format!("cus_{account}"));
+        testkit::put_account(
+            &client,
+            &table,
+            account,
+            "pro",
+            included,
+            vec![("customer_id", customer)],
+        )
+        .await;
     }
     let usage = UsageHandler::new(
         Arc::new(DynamoDbUsageStore::new(client.clone(), &table)),

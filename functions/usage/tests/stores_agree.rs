@@ -3,7 +3,6 @@
 //! memories of the account go stale): every answer is the same on both, and the money adds up.
 //! Grants and clawbacks on DynamoDB go through the processor's own writes.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -76,6 +75,14 @@ fn outcome(r: Result<Value, usage::handler::UsageError>) -> Result<Value, String
 async fn play(d: &Dynamo, case: usize, included: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let account = format!("acct_{case}");
     let id = AccountId::parse(&account).unwrap();
+    // A Stripe event of this account, as the processor records it.
+    let event = |event_id: &str, event_type: &str, created: i64| EventRecord {
+        event_id: StripeEventId::parse(event_id).unwrap(),
+        event_type: event_type.into(),
+        created,
+        account: Some(id.clone()),
+        processed_at: created,
+    };
     let period = Period {
         start: T0,
         end: add_months(T0, 1),
@@ -91,34 +98,19 @@ async fn play(d: &Dynamo, case: usize, included: u64, ops: Vec<Op>) -> Result<()
             suspended: false,
         },
     );
-    let item = HashMap::from([
-        (
-            "pk".to_owned(),
-            AttributeValue::S(format!("ACCOUNT#{account}")),
-        ),
-        ("sk".to_owned(), AttributeValue::S("ACCOUNT".into())),
-        ("effective_plan".to_owned(), AttributeValue::S("pro".into())),
-        ("sub_status".to_owned(), AttributeValue::S("active".into())),
-        (
-            "included_units".to_owned(),
-            AttributeValue::N(included.to_string()),
-        ),
-        (
-            "period_start".to_owned(),
-            AttributeValue::N(period.start.to_string()),
-        ),
-        (
-            "period_end".to_owned(),
-            AttributeValue::N(period.end.to_string()),
-        ),
-    ]);
-    d.client
-        .put_item()
-        .table_name(&d.table)
-        .set_item(Some(item))
-        .send()
-        .await
-        .unwrap();
+    testkit::put_account(
+        &d.client,
+        &d.table,
+        &account,
+        "pro",
+        included,
+        vec![
+            ("sub_status", AttributeValue::S("active".into())),
+            ("period_start", AttributeValue::N(period.start.to_string())),
+            ("period_end", AttributeValue::N(period.end.to_string())),
+        ],
+    )
+    .await;
     let mem = UsageHandler::new(memory.clone(), Catalog::embedded().unwrap());
 
     let mut now = T0 + 60;
@@ -180,13 +172,11 @@ async fn play(d: &Dynamo, case: usize, included: u64, ops: Vec<Op>) -> Result<()
             Op::Grant { credits } => {
                 let grant_id = format!("pi_{case}_{step}");
                 memory.grant(&id, credits);
-                let record = EventRecord {
-                    event_id: StripeEventId::parse(&format!("evt_{case}_{step}")).unwrap(),
-                    event_type: "checkout.session.completed".into(),
-                    created: now + step as i64,
-                    account: Some(id.clone()),
-                    processed_at: now,
-                };
+                let record = event(
+                    &format!("evt_{case}_{step}"),
+                    "checkout.session.completed",
+                    now + step as i64,
+                );
                 let write = Write::GrantCredits {
                     grant_id: grant_id.clone(),
                     pack_id: "credits_small".into(),
@@ -212,14 +202,11 @@ async fn play(d: &Dynamo, case: usize, included: u64, ops: Vec<Op>) -> Result<()
                 if let Some(g) = grants.iter_mut().rev().find(|g| !g.2) {
                     g.2 = true;
                     clawed += memory.claw_back(&id, g.1);
-                    let record = EventRecord {
-                        event_id: StripeEventId::parse(&format!("evt_{case}_{step}_refund"))
-                            .unwrap(),
-                        event_type: "charge.refunded".into(),
-                        created: now + step as i64,
-                        account: Some(id.clone()),
-                        processed_at: now,
-                    };
+                    let record = event(
+                        &format!("evt_{case}_{step}_refund"),
+                        "charge.refunded",
+                        now + step as i64,
+                    );
                     let write = Write::ClawBack {
                         grant_id: g.0.clone(),
                         amount_refunded: 1000,

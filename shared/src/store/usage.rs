@@ -144,6 +144,26 @@ pub struct ModelTotals {
     pub tokens: Tokens,
 }
 
+impl ModelTotals {
+    /// Adds another count of the same period (and model, or a period's sum over models).
+    pub fn add(&mut self, requests: u64, units: u64, covered: Covered, tokens: Tokens) {
+        self.requests += requests;
+        self.units += units;
+        self.covered += covered;
+        self.tokens += tokens;
+    }
+}
+
+/// Newest period first; the model breaks ties so the order is stable.
+pub(crate) fn sort_totals(totals: &mut [ModelTotals]) {
+    totals.sort_by(|a, b| {
+        b.period
+            .start
+            .cmp(&a.period.start)
+            .then(a.model.cmp(&b.model))
+    });
+}
+
 pub trait UsageStore {
     /// What a commit is conditioned on.
     type Version: Clone + Send + Sync + std::fmt::Debug;

@@ -8,7 +8,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::StoreError;
 use super::usage::{
     Committed, HoldRecord, HoldStatus, ModelTotals, Notification, StoredTerms, UsageAccount,
-    UsageChange, UsageRecord, UsageStore,
+    UsageChange, UsageRecord, UsageStore, sort_totals,
 };
 use crate::ids::{AccountId, RequestId, ReservationId};
 use crate::usage::ledger::Ledger;
@@ -168,16 +168,7 @@ impl UsageStore for InMemoryUsageStore {
                         ..ModelTotals::default()
                     });
                 t.period = r.period;
-                t.requests += 1;
-                t.units += r.units;
-                t.covered.included += r.covered.included;
-                t.covered.credits += r.covered.credits;
-                t.covered.overage += r.covered.overage;
-                t.covered.uncovered += r.covered.uncovered;
-                t.tokens.input += r.tokens.input;
-                t.tokens.output += r.tokens.output;
-                t.tokens.cached_input += r.tokens.cached_input;
-                t.tokens.reasoning += r.tokens.reasoning;
+                t.add(1, r.units, r.covered, r.tokens);
                 s.records
                     .insert((account.clone(), r.request.clone()), r.clone());
             }
@@ -211,12 +202,7 @@ impl UsageStore for InMemoryUsageStore {
             .filter(|((a, _, _), _)| a == account)
             .map(|(_, t)| t.clone())
             .collect();
-        out.sort_by(|a, b| {
-            b.period
-                .start
-                .cmp(&a.period.start)
-                .then(a.model.cmp(&b.model))
-        });
+        sort_totals(&mut out);
         Ok(out)
     }
 }

@@ -114,6 +114,15 @@ impl Covered {
     }
 }
 
+impl std::ops::AddAssign for Covered {
+    fn add_assign(&mut self, other: Self) {
+        self.included += other.included;
+        self.credits += other.credits;
+        self.overage += other.overage;
+        self.uncovered += other.uncovered;
+    }
+}
+
 /// A notification the change causes; the store writes it to the outbox with the change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {

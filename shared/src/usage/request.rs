@@ -39,6 +39,15 @@ pub struct Tokens {
     pub reasoning: u64,
 }
 
+impl std::ops::AddAssign for Tokens {
+    fn add_assign(&mut self, other: Self) {
+        self.input += other.input;
+        self.output += other.output;
+        self.cached_input += other.cached_input;
+        self.reasoning += other.reasoning;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
     pub model: ModelName,

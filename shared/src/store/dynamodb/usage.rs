@@ -29,7 +29,7 @@ use crate::ids::{AccountId, RequestId, ReservationId};
 use crate::store::StoreError;
 use crate::store::usage::{
     Committed, HoldRecord, HoldStatus, ModelTotals, Notification, StoredTerms, UsageAccount,
-    UsageChange, UsageRecord, UsageStore,
+    UsageChange, UsageRecord, UsageStore, sort_totals,
 };
 use crate::usage::ledger::{Counter, Covered, Hold, Ledger};
 use crate::usage::period::Period;
@@ -584,12 +584,7 @@ impl UsageStore for DynamoDbUsageStore {
                 },
             })
             .collect();
-        out.sort_by(|a, b| {
-            b.period
-                .start
-                .cmp(&a.period.start)
-                .then(a.model.cmp(&b.model))
-        });
+        sort_totals(&mut out);
         Ok(out)
     }
 }
