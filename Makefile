@@ -13,7 +13,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 
-.PHONY: help venv deps checkov template-checks build up down demo test test-rust test-local lint bench sam-build clean replay redrive
+.PHONY: help venv deps checkov template-checks build up down demo test test-rust test-local lint bench sam-build clean replay redrive fire
 
 help:
 	@echo "make demo    start the local stack, play the story, stop"
@@ -110,6 +110,10 @@ replay: venv
 	set -a; . ./.local/env; set +a; \
 	EVENTS_QUEUE_URL=$$QUEUE_URL_EVENTS_QUEUE STRIPE_API_BASE=$$LOCAL_STRIPE_ENDPOINT \
 	  cargo run --quiet --release -p tools --bin replay -- --since $(SINCE)
+
+# Fires a scheduled function now: make fire FUNCTION=ReporterFunction [TIME=2026-12-01T00:05:00Z]
+fire: venv
+	$(PY) local/fire.py $(FUNCTION) $(TIME)
 
 redrive: venv
 	@test -f .local/env || { echo "start the local stack first: make up"; exit 1; }

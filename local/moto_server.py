@@ -13,12 +13,37 @@ from a threaded standard-library server with persistent connections and a deep l
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+# SES keeps what it "sent" in memory; this path reads it back (SES itself has no such API).
+SENT_MAIL_PATH = "/_local/ses/messages"
+
+
+def sent_mail() -> list[dict]:
+    """Every email SES (v1 or v2) accepted, oldest first. With a Simple message that has both
+    parts, moto keeps only the HTML body."""
+    from moto.ses.models import ses_backends
+
+    out = []
+    for account in ses_backends.values():
+        for region, backend in account.items():
+            for m in backend.sent_messages:
+                out.append({
+                    "id": m.id,
+                    "region": region,
+                    "source": m.source,
+                    "destinations": getattr(m, "destinations", None),
+                    "subject": getattr(m, "subject", None),
+                    "body": getattr(m, "body", None),
+                    "raw": getattr(m, "raw_data", None),
+                })
+    return out
 
 
 def make_handler(app, host: str, port: int):
@@ -33,6 +58,8 @@ def make_handler(app, host: str, port: int):
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             path, _, query = self.path.partition("?")
+            if path == SENT_MAIL_PATH and self.command == "GET":
+                return self._reply_json(sent_mail())
             environ = {
                 "REQUEST_METHOD": self.command, "SCRIPT_NAME": "", "PATH_INFO": path,
                 "QUERY_STRING": query, "SERVER_NAME": host, "SERVER_PORT": str(port),
@@ -69,6 +96,14 @@ def make_handler(app, host: str, port: int):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
+
+        def _reply_json(self, value) -> None:
+            data = json.dumps(value).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _serve
 

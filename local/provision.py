@@ -153,7 +153,24 @@ def create_secrets(tpl: Template, endpoint: str, values: dict[str, str]) -> dict
     return arns
 
 
+EVENT_BUS_PROPERTIES = {"Name", "Description", "Tags"}
+
+
+def create_event_buses(tpl: Template, endpoint: str) -> list[str]:
+    events = client("events", endpoint)
+    names = []
+    for logical_id, res in tpl.of_type("AWS::Events::EventBus").items():
+        props = tpl.resolve(res.get("Properties", {}))
+        unknown = set(props) - EVENT_BUS_PROPERTIES
+        if unknown:
+            raise UnknownProperty(f"{logical_id}: event bus properties {sorted(unknown)} are not applied locally")
+        events.create_event_bus(Name=props["Name"])
+        names.append(props["Name"])
+    return names
+
+
 def provision(tpl: Template, aws_endpoint: str, dynamodb_endpoint: str, secret_values: dict[str, str]) -> None:
     create_queues(tpl, aws_endpoint)
+    create_event_buses(tpl, aws_endpoint)
     create_tables(tpl, dynamodb_endpoint)
     create_secrets(tpl, aws_endpoint, secret_values)

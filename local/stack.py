@@ -33,13 +33,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dynamodb_local  # noqa: E402
+import event_sources  # noqa: E402
 import processes  # noqa: E402
 import with_aws  # noqa: E402
 import stripe_sim  # noqa: E402
 from provision import client as provision_client  # noqa: E402
 from provision import provision  # noqa: E402
 from runtime import FunctionWorker, InvocationError, Server, lambda_environment  # noqa: E402
-from template import ACCOUNT_ID, ROOT, Route, Template, load  # noqa: E402
+from template import ACCOUNT_ID, ROOT, STACK_NAME, Route, Template, load  # noqa: E402
+
+# Deploy parameters the local stack sets: a sender SES (moto) accepts, and a billing page for
+# the emails' links.
+LOCAL_PARAMETERS = {
+    "EmailFromAddress": "billing@example.com",
+    "BillingPageUrl": "https://app.example.com/billing",
+}
+# Where the local stack routes the event bus, so the demo and tests can read what was published.
+BUS_TAP_QUEUE = f"{STACK_NAME}-bus-tap"
 
 # Lambda refuses synchronous payloads over 6 MB; API Gateway then answers 413.
 MAX_INVOKE_PAYLOAD = 6 * 1024 * 1024
@@ -217,7 +227,7 @@ def http_response(result: bytes) -> tuple[int, dict[str, str], bytes]:
 class Stack:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.template = Template(load(), settings.aws_endpoint)
+        self.template = Template(load(), settings.aws_endpoint, LOCAL_PARAMETERS)
         self.functions = {f.logical_id: f for f in self.template.functions()}
         self.routes = [r for f in self.functions.values() for r in f.routes]
         self.workers: dict[str, FunctionWorker] = {}
@@ -245,6 +255,9 @@ class Stack:
             "StripeWebhookSecret": json.dumps({"webhook_secrets": s.webhook_secrets}),
         }
         provision(self.template, s.aws_endpoint, s.dynamodb_endpoint, secrets)
+        bus_tap_url = self.tap_event_buses()
+        # What verifying the sender in SES is in AWS (README, "Deploy").
+        provision_client("sesv2", s.aws_endpoint).create_email_identity(EmailIdentity=LOCAL_PARAMETERS["EmailFromAddress"])
 
         for logical_id, fn in self.functions.items():
             env = self.function_env(logical_id)
@@ -267,6 +280,8 @@ class Stack:
                     threading.Thread(target=poller.run, daemon=True, name=f"sqs-{fn.logical_id}-{n}").start()
                 log(f"{fn.logical_id} consumes {self.template.queue_name(source.queue)} "
                     f"(batches of {source.batch_size}, {worker.concurrency} pollers)")
+
+        self.start_streams_and_schedules()
 
         self.servers.append(serve(s.http_port, self.http_api_handler()))
         webhook_url = f"http://127.0.0.1:{s.http_port}/webhooks/stripe"
@@ -295,12 +310,55 @@ class Stack:
             "STRIPE_WEBHOOK_SECRET": ",".join(s.webhook_secrets),
             **{f"QUEUE_URL_{to_env(k)}": v for k, v in queues.items()},
             **{f"TABLE_NAME_{to_env(k)}": v for k, v in tables.items()},
+            "LOCAL_BUS_QUEUE_URL": bus_tap_url,
+            "LOCAL_SES_MESSAGES_URL": f"{s.aws_endpoint}/_local/ses/messages",
             "LOCAL_STACK_PID": str(os.getpid()),
         }
         # Written last: its presence (with this pid) is what `up` waits for.
         tmp = s.state / "env.tmp"
         tmp.write_text("".join(f"{k}={shell_quote(v)}\n" for k, v in env_lines.items()))
         tmp.replace(s.state / "env")
+
+    def tap_event_buses(self) -> str:
+        """Routes every bus of the template to one local queue (what a rule to SQS is in AWS)."""
+        sqs = provision_client("sqs", self.settings.aws_endpoint)
+        url = sqs.create_queue(QueueName=BUS_TAP_QUEUE)["QueueUrl"]
+        arn = f"arn:aws:sqs:us-east-1:{ACCOUNT_ID}:{BUS_TAP_QUEUE}"
+        events = provision_client("events", self.settings.aws_endpoint)
+        for logical_id in self.template.of_type("AWS::Events::EventBus"):
+            bus = self.template.ref(logical_id)
+            events.put_rule(Name="local-tap", EventBusName=bus, EventPattern=json.dumps({"source": ["billing"]}))
+            events.put_targets(Rule="local-tap", EventBusName=bus, Targets=[{"Id": "local-tap", "Arn": arn}])
+            log(f"event bus {bus} routed to {url}")
+        return url
+
+    def start_streams_and_schedules(self) -> None:
+        s = self.settings
+        schedules_on = os.environ.get("LOCAL_SCHEDULES", "on") != "off"
+        for fn in self.functions.values():
+            worker = self.workers[fn.logical_id]
+            for source in fn.stream_sources:
+                table = self.template.table_name(source.table)
+                dlq = self.template.queue_url(source.on_failure_queue) if source.on_failure_queue else None
+                poller = event_sources.StreamPoller(
+                    worker, source, table,
+                    provision_client("dynamodb", s.dynamodb_endpoint),
+                    provision_client("dynamodbstreams", s.dynamodb_endpoint),
+                    provision_client("sqs", s.aws_endpoint),
+                    dlq, self.stopping,
+                )
+                threading.Thread(target=poller.run, daemon=True, name=f"stream-{fn.logical_id}").start()
+                log(f"{fn.logical_id} consumes {table}'s stream (batches of {source.batch_size})")
+            for schedule in fn.schedules:
+                period = event_sources.rate_seconds(schedule.expression)
+                if not (schedule.enabled and schedules_on and period):
+                    log(f"{fn.logical_id}: {schedule.expression} fires by hand only (make fire FUNCTION={fn.logical_id})")
+                    continue
+                threading.Thread(
+                    target=event_sources.Scheduler(worker, period, self.stopping).run,
+                    daemon=True, name=f"schedule-{fn.logical_id}",
+                ).start()
+                log(f"{fn.logical_id} fires on {schedule.expression}")
 
     def stop(self) -> None:
         self.stopping.set()

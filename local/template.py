@@ -52,6 +52,24 @@ class SqsSource:
 
 
 @dataclass
+class StreamSource:
+    """A DynamoDB stream event source, with the properties the local poller honours."""
+    table: str  # logical id of the table
+    batch_size: int
+    report_batch_item_failures: bool
+    maximum_retry_attempts: int
+    bisect: bool
+    on_failure_queue: str | None  # logical id of the on-failure SQS destination
+    filters: list[dict]  # parsed FilterCriteria patterns (any one matching lets a record through)
+
+
+@dataclass
+class ScheduleSource:
+    expression: str  # rate(...) or cron(...)
+    enabled: bool
+
+
+@dataclass
 class Function:
     logical_id: str
     binary: str
@@ -60,7 +78,9 @@ class Function:
     environment: dict
     routes: list[Route]
     sqs_sources: list[SqsSource]
-    raw: dict = field(repr=False)
+    stream_sources: list[StreamSource] = field(default_factory=list)
+    schedules: list[ScheduleSource] = field(default_factory=list)
+    raw: dict = field(default_factory=dict, repr=False)
 
 
 class Template:
@@ -131,6 +151,8 @@ class Template:
             return self.queue_url(name)
         if kind == "AWS::DynamoDB::Table":
             return self.table_name(name)
+        if kind == "AWS::Events::EventBus":
+            return self.resolve(res["Properties"]["Name"])
         if kind == "AWS::SecretsManager::Secret":
             # Secrets Manager takes the name wherever it takes the ARN.
             return self.resolve(res["Properties"]["Name"])
@@ -152,6 +174,9 @@ class Template:
                 "Arn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table}",
                 "StreamArn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT_ID}:table/{table}/stream/local",
             }[attr]
+        if kind == "AWS::Events::EventBus" and attr in ("Arn", "Name"):
+            bus = self.ref(name)
+            return bus if attr == "Name" else f"arn:aws:events:{REGION}:{ACCOUNT_ID}:event-bus/{bus}"
         if attr == "Arn":
             return f"arn:aws:local:{REGION}:{ACCOUNT_ID}:{name}"
         raise KeyError(f"template.yaml: !GetAtt {name}.{attr} is not known locally")
@@ -184,7 +209,7 @@ class Template:
                 raise ValueError(f"template.yaml: {logical_id} has no Metadata.BuildProperties.Binary")
             env = dict(glob.get("Environment", {}).get("Variables", {}))
             env.update(props.get("Environment", {}).get("Variables", {}))
-            routes, sqs_sources = [], []
+            routes, sqs_sources, stream_sources, schedules = [], [], [], []
             for event in props.get("Events", {}).values():
                 p = event.get("Properties", {})
                 if event.get("Type") == "HttpApi":
@@ -200,6 +225,15 @@ class Template:
                         batch_size=int(p.get("BatchSize", 10)),
                         report_batch_item_failures="ReportBatchItemFailures" in p.get("FunctionResponseTypes", []),
                     ))
+                elif event.get("Type") == "DynamoDB":
+                    stream_sources.append(self._stream_source(logical_id, p))
+                elif event.get("Type") == "Schedule":
+                    schedules.append(ScheduleSource(
+                        expression=str(self.resolve(p["Schedule"])),
+                        enabled=bool(p.get("Enabled", True)) and p.get("State", "ENABLED") == "ENABLED",
+                    ))
+                else:
+                    raise ValueError(f"template.yaml: {logical_id} has a {event.get('Type')} event, which the local stack does not wire")
             out.append(
                 Function(
                     logical_id=logical_id,
@@ -209,7 +243,42 @@ class Template:
                     environment={k: str(self.resolve(v)) for k, v in env.items()},
                     routes=routes,
                     sqs_sources=sqs_sources,
+                    stream_sources=stream_sources,
+                    schedules=schedules,
                     raw=res,
                 )
             )
         return out
+
+    STREAM_PROPERTIES = {
+        "Stream", "StartingPosition", "BatchSize", "MaximumBatchingWindowInSeconds", "FunctionResponseTypes",
+        "MaximumRetryAttempts", "BisectBatchOnFunctionError", "MaximumRecordAgeInSeconds", "DestinationConfig",
+        "FilterCriteria",
+    }
+
+    def _stream_source(self, logical_id: str, p: dict) -> StreamSource:
+        import json
+
+        unknown = set(p) - self.STREAM_PROPERTIES
+        if unknown:
+            raise ValueError(f"template.yaml: {logical_id}'s DynamoDB event has {sorted(unknown)}, which the local stack does not honour")
+        stream = p["Stream"]
+        if not (isinstance(stream, dict) and "Fn::GetAtt" in stream):
+            raise ValueError(f"template.yaml: {logical_id}'s DynamoDB event must name its stream with !GetAtt Table.StreamArn")
+        target = stream["Fn::GetAtt"]
+        table = target[0] if isinstance(target, list) else target.split(".")[0]
+        on_failure = None
+        dest = p.get("DestinationConfig", {}).get("OnFailure")
+        if dest:
+            ref = dest["Destination"]["Fn::GetAtt"]
+            on_failure = ref[0] if isinstance(ref, list) else ref.split(".")[0]
+        filters = [json.loads(f["Pattern"]) for f in p.get("FilterCriteria", {}).get("Filters", [])]
+        return StreamSource(
+            table=table,
+            batch_size=int(p.get("BatchSize", 100)),
+            report_batch_item_failures="ReportBatchItemFailures" in p.get("FunctionResponseTypes", []),
+            maximum_retry_attempts=int(p.get("MaximumRetryAttempts", -1)),
+            bisect=bool(p.get("BisectBatchOnFunctionError", False)),
+            on_failure_queue=on_failure,
+            filters=filters,
+        )

@@ -41,6 +41,8 @@ def stack(tmp_path_factory):
         LOCAL_STATE_DIR=str(state),
         LOCAL_BIN_DIR=os.environ.get("LOCAL_BIN_DIR", str(ROOT / "target" / "debug")),
         STRIPE_WEBHOOK_SECRET="whsec_old_local,whsec_new_local",
+        # Scheduled functions run when a test fires them (test_event_sources.py tests the timer).
+        LOCAL_SCHEDULES="off",
     )
     subprocess.run([sys.executable, str(STACK), "up"], env=env, check=True, timeout=180, stdout=subprocess.DEVNULL)
     try:

@@ -6,6 +6,7 @@
 //! - [`catalog`]: plans, credit packs and the rate card, from `catalog.toml`.
 //! - [`usage`]: the usage function's rules: units, burn-down, holds, periods (pure, no I/O).
 //! - [`metering`]: overage to Stripe's meter exactly once: claim, then send (pure, no I/O).
+//! - [`notifications`]: outbox entries as events and emails (pure, no I/O).
 //! - [`queue`]: the event queue port and its SQS / in-memory adapters.
 //! - [`config`], [`secrets`], [`aws`], [`telemetry`]: what a function does once, at cold start.
 
@@ -17,6 +18,7 @@ pub mod config;
 pub mod http;
 pub mod ids;
 pub mod metering;
+pub mod notifications;
 pub mod queue;
 pub mod secrets;
 pub mod store;

@@ -13,13 +13,15 @@ use crate::ids::{AccountId, StripeEventId};
 pub mod dynamodb;
 pub mod memory;
 pub mod metering;
+pub mod outbox;
 pub mod usage;
 pub mod usage_memory;
 
 pub use dynamodb::DynamoDbBillingStore;
 
-pub use dynamodb::{DynamoDbMeteringStore, DynamoDbUsageStore};
+pub use dynamodb::{DynamoDbMeteringStore, DynamoDbOutboxStore, DynamoDbUsageStore};
 pub use memory::InMemoryBillingStore;
+pub use outbox::InMemoryOutboxStore;
 pub use usage_memory::InMemoryUsageStore;
 
 /// Processed-event markers outlive Stripe's 30-day resend window with margin. Nothing relies on

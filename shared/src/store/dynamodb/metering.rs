@@ -62,7 +62,7 @@ fn claim_to(c: &Claim) -> AttributeValue {
 }
 
 /// A conditional write's outcome: `Ok(false)` when only its condition failed.
-fn written<E: std::error::Error + Send + Sync + 'static>(
+pub(super) fn written<E: std::error::Error + Send + Sync + 'static>(
     result: Result<impl Sized, SdkError<E>>,
     condition_failed: impl Fn(&E) -> bool,
     what: &'static str,

@@ -22,9 +22,11 @@ mod events;
 mod invoices;
 mod item;
 mod metering;
+mod outbox;
 mod usage;
 
 pub use metering::DynamoDbMeteringStore;
+pub use outbox::{DynamoDbOutboxStore, notification_id_of_pk};
 pub use usage::{DynamoDbUsageStore, Snapshot};
 
 use std::collections::HashMap;
