@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from decimal import ROUND_HALF_UP, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -284,13 +285,56 @@ class StripeSimulator:
         sub["latest_invoice"] = invoice["id"]
         return sub
 
-    def create_invoice(self, sub: dict, fail: bool) -> dict:
+    def metered_usage(self, meter_id: str, customer: str, start: int, end: int) -> int:
+        """What the meter holds for the customer in [start, end): what Stripe bills."""
+        m = self.meters[meter_id]
+        return sum(int(e["payload"][m["value_key"]]) for e in self.meter_events.values()
+                   if e["event_name"] == m["event_name"] and e["payload"].get(m["customer_key"]) == customer
+                   and start <= e["timestamp"] < end)
+
+    @staticmethod
+    def metered_amount(price: dict, quantity: int) -> int:
+        """A metered price's amount for `quantity` units, in cents (integers and exact decimals
+        only: no floats)."""
+        if price.get("tiers_mode") == "volume":
+            for tier in price["tiers"]:
+                if tier["up_to"] == "inf" or quantity <= int(tier["up_to"]):
+                    exact = Decimal(tier["unit_amount_decimal"]) * quantity + int(tier.get("flat_amount", 0))
+                    return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        divide_by = int(price.get("divide_by", 1))
+        return -(-quantity // divide_by) * int(price["unit_amount"])
+
+    def invoice_line(self, inv: dict, price_id: str, amount: int, quantity: int, start: int, end: int, description: str) -> dict:
+        line = copy.deepcopy(FIXTURES["invoice"]["lines"]["data"][0])
+        line.update(id=new_id("il"), invoice=inv["id"], amount=amount, subtotal=amount, currency="usd",
+                    description=description, quantity=quantity, period={"start": start, "end": end},
+                    pricing={"type": "price_details", "unit_amount_decimal": None,
+                             "price_details": {"price": price_id, "product": f"prod_{price_id}"}},
+                    livemode=False)
+        return line
+
+    def create_invoice(self, sub: dict, fail: bool, usage_period: tuple[int, int] | None = None) -> dict:
+        """The subscription's invoice: each recurring price for the period ahead and, on a renewal,
+        each metered price for `usage_period` (the period that ended), from its meter."""
         inv = copy.deepcopy(FIXTURES["invoice"])
-        amount = sum(self.price(i["price"]["id"])["unit_amount"] for i in sub["items"]["data"] if self.price(i["price"]["id"])["kind"] == "recurring")
+        inv["id"] = new_id("in")
         period = sub["items"]["data"][0]
+        lines = []
+        for item in sub["items"]["data"]:
+            price_id = item["price"]["id"]
+            price = self.price(price_id)
+            if price["kind"] == "recurring":
+                lines.append(self.invoice_line(inv, price_id, price["unit_amount"], 1, period["current_period_start"],
+                                               period["current_period_end"], f"1 × {price_id}"))
+            elif price["kind"] == "metered" and usage_period:
+                units = self.metered_usage(price["meter"], sub["customer"], *usage_period)
+                lines.append(self.invoice_line(inv, price_id, self.metered_amount(price, units), units, *usage_period,
+                                               f"{units} units × {price_id}"))
+        amount = sum(line["amount"] for line in lines)
         number = f"SIM-{len([o for o in self.objects.values() if o.get('object') == 'invoice']) + 1:04d}"
         inv.update(
-            id=new_id("in"), customer=sub["customer"], subscription=None, status="draft", number=number,
+            customer=sub["customer"], subscription=None, status="draft", number=number,
+            lines={"object": "list", "data": lines, "has_more": False, "url": f"/v1/invoices/{inv['id']}/lines"},
             amount_due=amount, amount_paid=0, amount_remaining=amount, total=amount, subtotal=amount,
             currency="usd", attempt_count=0, attempted=False, created=self.now(),
             period_start=period["current_period_start"], period_end=period["current_period_end"],
@@ -549,12 +593,15 @@ class StripeSimulator:
                 return public(self.complete_session(self.get(sid, "checkout.session"), body.get("payment", "succeeds")))
             case ["subscriptions", sid, "renew"]:
                 # A new billing period: its invoice is paid, or fails when asked to.
+                # The invoice bills the new period's fees ahead and the ended period's metered
+                # usage in arrears, as Stripe's renewal invoice does.
                 sub = self.get(sid, "subscription")
+                ended = (sub["items"]["data"][0]["current_period_start"], sub["items"]["data"][0]["current_period_end"])
                 for item in sub["items"]["data"]:
                     item["current_period_start"] = item["current_period_end"]
                     item["current_period_end"] += 30 * DAY
                 self.emit("customer.subscription.updated", sub, {"items": "period"})
-                return self.create_invoice(sub, fail=body.get("fail") in (True, "true"))
+                return self.create_invoice(sub, fail=body.get("fail") in (True, "true"), usage_period=ended)
             case ["invoices", iid, "fail"]:
                 return self.fail_invoice(self.get(iid, "invoice"))
             case ["invoices", iid, "pay"]:

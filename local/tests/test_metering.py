@@ -46,3 +46,53 @@ def test_overage_reaches_the_meter_once(stack):
     status, summaries = stripe.call("GET", f"/v1/billing/meters/mtr_local_overage/event_summaries?{query}")
     assert status == 200, summaries
     assert summaries["data"][0]["aggregated_value"] == 123
+
+
+def fire(env, function: str, at: int) -> tuple[dict, str | None]:
+    """Fires a scheduled function with its event's `time` set to `at`."""
+    import urllib.request
+
+    url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/{function}/invocations"
+    event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
+             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)), "region": "us-east-1", "detail": {}}
+    req = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read()), r.headers.get("X-Amz-Function-Error")
+
+
+def test_reconciliation_agrees_after_the_period_and_finds_a_planted_difference(stack):
+    env, _ = stack
+    stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
+    subscribe(stripe, account)
+    customer = account_where(env, account, lambda a: a["plan"] == "pro" and a["customer_id"], "the subscription applied")["customer_id"]
+    track = {"action": "track", "account_id": account, "model": "unlisted-model", "output_tokens": 0}
+    answer, _ = invoke(env, {**track, "request_id": "big", "input_tokens": 5_000_040})
+    period_end = answer["balance"]["period_end"]
+    answer, error = report_now(env)
+    assert error is None, answer
+
+    # While the period is open, nothing is compared.
+    early, error = fire(env, "ReconcilerFunction", int(time.time()))
+    assert error is None, early
+    after = period_end + 2 * 3600
+    done, error = fire(env, "ReconcilerFunction", after)
+    assert error is None, done
+    assert done["checked"] >= 1 and done["agreed"] == done["checked"], done
+
+    # A second account, and a meter event Stripe holds that the reporter never sent.
+    other = f"acct_{uuid.uuid4().hex[:10]}"
+    subscribe(stripe, other)
+    other_customer = account_where(env, other, lambda a: a["plan"] == "pro" and a["customer_id"], "the subscription applied")["customer_id"]
+    answer, _ = invoke(env, {**track, "account_id": other, "request_id": "big", "input_tokens": 5_000_007})
+    assert report_now(env)[1] is None
+    status, _ = stripe.call("POST", "/v1/billing/meter_events", {
+        "event_name": "llm_overage_units", "payload[stripe_customer_id]": other_customer,
+        "payload[value]": "3", "identifier": f"planted_{other}",
+        # Inside the period's whole minutes (it began seconds ago), where reconciliation sums.
+        "timestamp": str(int(time.time()) + 120),
+    })
+    assert status == 200
+    found, error = fire(env, "ReconcilerFunction", answer["balance"]["period_end"] + 2 * 3600)
+    assert error == "Unhandled" and found["errorType"] == "NeedsAttention", found
+    assert other in found["errorMessage"] and "recorded: 7" in found["errorMessage"] and "stripe: 10" in found["errorMessage"], found
+    assert customer != other_customer

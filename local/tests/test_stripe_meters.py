@@ -88,3 +88,36 @@ def test_concurrent_events_for_one_customer_and_meter_are_answered_429(sim):
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
         a, b = pool.map(lambda c: call(base, "POST", "/v1/billing/meter_events", event(c, 1, f"ovg_{c}"))[0], [cus, other])
     assert (a, b) == (200, 200)
+
+
+def test_a_renewal_invoice_bills_the_ended_periods_meter_per_thousand_units_rounded_up(sim):
+    s, base = sim
+    cus = customer(base)
+    sub = s.create_subscription(cus, [{"price": "price_pro_monthly"}, {"price": "price_pro_overage"}], {})
+    first = s.objects[sub["latest_invoice"]]
+    assert first["amount_due"] == 4900, "the first invoice bills the base fee only"
+    now = s.now()
+    assert call(base, "POST", "/v1/billing/meter_events", event(cus, 2_000, "ovg_1", now))[0] == 200
+    assert call(base, "POST", "/v1/billing/meter_events", event(cus, 500, "ovg_2", now))[0] == 200
+    assert call(base, "POST", "/v1/billing/meter_events", event(cus, 500, "ovg_2", now))[0] == 200  # deduplicated
+
+    renewal = s.control("POST", ["subscriptions", sub["id"], "renew"], {})
+    lines = {line["pricing"]["price_details"]["price"]: line for line in renewal["lines"]["data"]}
+    assert lines["price_pro_overage"]["quantity"] == 2_500
+    assert lines["price_pro_overage"]["amount"] == 3 * 200  # 2,500 units: three started thousands
+    assert lines["price_pro_overage"]["period"]["end"] == renewal["period_start"]
+    assert renewal["amount_due"] == 4900 + 600
+
+
+def test_volume_tiers_price_the_whole_quantity_at_the_tier_it_reaches():
+    from stripe_sim import StripeSimulator
+
+    price = load_prices()["price_enterprise_overage_volume"]
+    amount = StripeSimulator.metered_amount
+    assert amount(price, 0) == 0
+    assert amount(price, 1_000) == 20  # 0.02 ¢ a unit
+    assert amount(price, 10_000_000) == 200_000
+    assert amount(price, 10_000_001) == 150_000  # 0.015 ¢ a unit from the first unit, rounded
+    assert amount(price, 25) == 1  # 0.5 ¢ rounds half up
+    pro = load_prices()["price_pro_overage"]
+    assert (amount(pro, 1), amount(pro, 1_000), amount(pro, 1_001)) == (200, 200, 400)

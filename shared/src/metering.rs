@@ -71,10 +71,66 @@ pub fn identifier(account: &AccountId, period_start: i64, seq: u64) -> String {
     format!("ovg_{}", hex::encode(&h.finalize()[..16]))
 }
 
-/// When a claim made at `now` says its units happened: now, or the period's last second once the
-/// period is over (Stripe bills an event into the period its timestamp falls in).
+/// The whole minutes inside `period`: where its meter events are timestamped, and the window
+/// reconciliation asks Stripe to sum (summaries take minute-aligned bounds). Neighbouring
+/// periods' windows never overlap, even when a period starts mid-minute. A period too short to
+/// hold a whole minute falls back to its own bounds.
+pub fn summary_window(period: Period) -> (i64, i64) {
+    let from = period.start + (60 - period.start.rem_euclid(60)) % 60;
+    let to = period.end - period.end.rem_euclid(60);
+    if to > from {
+        (from, to)
+    } else {
+        (period.start, period.end)
+    }
+}
+
+/// When a claim made at `now` says its units happened: now, kept inside the period's summary
+/// window (so the first seconds of a period are stamped at its first whole minute, at most a
+/// minute ahead, and units reported after the period ended at its window's last second; Stripe
+/// bills an event into the period its timestamp falls in).
 fn timestamp(period: Period, now: i64) -> i64 {
-    now.clamp(period.start, period.end - 1)
+    let (from, to) = summary_window(period);
+    now.clamp(from, to - 1)
+}
+
+/// How long after a period ends its figures are compared: the reporter (every minute) has sent
+/// the period's last overage well before.
+pub const SETTLE_SECS: i64 = 3_600;
+
+/// One account's closed period, as reconciliation sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeriodFigures {
+    /// Overage recorded by the usage function (the period's per-model totals).
+    pub recorded: u64,
+    /// Units Stripe confirmed to the reporter.
+    pub reported: u64,
+    /// A claim still in flight.
+    pub in_flight: bool,
+    /// What Stripe's meter sums for the customer over the period's window.
+    pub stripe: u64,
+}
+
+/// What reconciling a period found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reconciled {
+    /// All three agree: the period is done.
+    Agrees,
+    /// A claim is still in flight: the reporter has not finished; look again next time.
+    Unsettled,
+    /// The figures differ: someone must look (unreported units are lost revenue, units Stripe
+    /// counted twice a refund).
+    Differs,
+}
+
+pub fn reconcile(f: PeriodFigures) -> Reconciled {
+    if f.in_flight {
+        Reconciled::Unsettled
+    } else if f.recorded == f.reported && f.reported == f.stripe {
+        Reconciled::Agrees
+    } else {
+        Reconciled::Differs
+    }
 }
 
 /// The next step for an account's period whose local overage total is `local`.
@@ -214,6 +270,60 @@ mod tests {
         assert_eq!(d.value, 5);
     }
 
+    #[test]
+    fn a_period_starting_mid_minute_is_stamped_and_summed_on_its_whole_minutes_only() {
+        let p = Period {
+            start: START + 30,
+            end: START + 31 * 86_400 + 30,
+        };
+        assert_eq!(summary_window(p), (START + 60, START + 31 * 86_400));
+        let s = ReportState::default();
+        let Report::Claim(early) = next_report(&acct(), p, &s, 1, START + 31) else {
+            panic!()
+        };
+        assert_eq!(early.timestamp, START + 60, "at most a minute ahead");
+        let Report::Claim(late) = next_report(&acct(), p, &s, 1, p.end + 600) else {
+            panic!()
+        };
+        assert_eq!(late.timestamp, START + 31 * 86_400 - 1);
+        assert_eq!(summary_window(PERIOD), (PERIOD.start, PERIOD.end));
+    }
+
+    #[test]
+    fn reconciliation_agrees_only_when_all_three_figures_do() {
+        let f = PeriodFigures {
+            recorded: 10,
+            reported: 10,
+            in_flight: false,
+            stripe: 10,
+        };
+        assert_eq!(reconcile(f), Reconciled::Agrees);
+        assert_eq!(
+            reconcile(PeriodFigures { stripe: 20, ..f }),
+            Reconciled::Differs
+        );
+        assert_eq!(
+            reconcile(PeriodFigures {
+                reported: 7,
+                stripe: 7,
+                ..f
+            }),
+            Reconciled::Differs
+        );
+        assert_eq!(
+            reconcile(PeriodFigures { recorded: 0, ..f }),
+            Reconciled::Differs
+        );
+        assert_eq!(
+            reconcile(PeriodFigures {
+                in_flight: true,
+                stripe: 0,
+                ..f
+            }),
+            Reconciled::Unsettled
+        );
+    }
+
     /// Where a run of the reporter stops.
     #[derive(Debug, Clone, Copy)]
     enum Crash {
@@ -237,6 +347,29 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Whatever second a period starts and ends at, its events are stamped inside it and
+        /// inside its summary window, and adjacent periods' windows do not overlap.
+        #[test]
+        fn adjacent_periods_are_summed_apart(
+            start in 1_600_000_000i64..1_900_000_000,
+            first in 3_600i64..40 * 86_400,
+            second in 3_600i64..40 * 86_400,
+            now_a in 0i64..50 * 86_400,
+            now_b in 0i64..50 * 86_400,
+        ) {
+            let a = Period { start, end: start + first };
+            let b = Period { start: a.end, end: a.end + second };
+            let (a_from, a_to) = summary_window(a);
+            let (b_from, b_to) = summary_window(b);
+            prop_assert!(a_from % 60 == 0 && a_to % 60 == 0 && b_from % 60 == 0 && b_to % 60 == 0);
+            prop_assert!(a.start <= a_from && a_to <= a.end && a_to <= b_from);
+            for (p, now, from, to) in [(a, start + now_a, a_from, a_to), (b, start + now_b, b_from, b_to)] {
+                let at = timestamp(p, now);
+                prop_assert!(from <= at && at < to && p.start <= at && at < p.end);
+                prop_assert!(at <= now.max(p.start) + 60, "never more than a minute ahead");
+            }
+        }
 
         /// Usage grows while runs crash anywhere and Stripe refuses calls; Stripe (which keeps
         /// the first value of each identifier) ends with exactly the local total once a run

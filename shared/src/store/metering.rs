@@ -6,7 +6,7 @@ use std::future::Future;
 
 use super::StoreError;
 use crate::ids::AccountId;
-use crate::metering::{Claim, ReportState};
+use crate::metering::{Claim, PeriodFigures, ReportState};
 use crate::usage::period::Period;
 
 /// One period of an account: its overage total (the per-model totals the usage function
@@ -66,4 +66,22 @@ pub trait MeteringStore {
         account: &AccountId,
         input: &ReportInput,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// The (account, period start) of every period with a report that reconciliation has not
+    /// yet found in agreement (the sparse index again, no scan).
+    fn reconcile_due(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(AccountId, i64)>, StoreError>> + Send;
+
+    /// Records what reconciliation found. In agreement, the period leaves the index (if its
+    /// report is still as `figures` saw it); otherwise it stays there, to be checked (and
+    /// alarmed on) again next run.
+    fn mark_reconciled(
+        &self,
+        account: &AccountId,
+        period_start: i64,
+        figures: &PeriodFigures,
+        agrees: bool,
+        now: i64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

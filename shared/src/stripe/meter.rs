@@ -1,5 +1,6 @@
 //! Meter events: the port the meter reporter sends its claims through, over async-stripe's
-//! typed request (`POST /v1/billing/meter_events`), and a fake for tests.
+//! typed request (`POST /v1/billing/meter_events`); the port reconciliation reads the meter's
+//! totals through (`GET /v1/billing/meters`, `.../event_summaries`); and a fake for both.
 //!
 //! A call is made once per attempt, without an `Idempotency-Key`: the event's `identifier`
 //! (derived from the claim) is what Stripe deduplicates meter events by, and a retry sends the
@@ -10,7 +11,9 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use stripe::StripeRequest;
+use stripe_billing::billing_meter::ListBillingMeter;
 use stripe_billing::billing_meter_event::CreateBillingMeterEvent;
+use stripe_billing::billing_meter_event_summary::ListIdBillingMeterEventSummary;
 use stripe_client_core::RequestStrategy;
 
 use super::api::RealStripe;
@@ -43,6 +46,90 @@ pub trait MeterApi {
     ) -> impl Future<Output = Result<(), MeterError>> + Send;
 }
 
+/// What reconciliation reads of a meter.
+pub trait MeterReadApi {
+    /// The id of the active meter whose `event_name` is `event_name`, if there is one.
+    fn find_meter(
+        &self,
+        event_name: &str,
+    ) -> impl Future<Output = Result<Option<String>, MeterError>> + Send;
+
+    /// The meter's total for `customer_id` over `[start, end)` (whole minutes).
+    fn total(
+        &self,
+        meter_id: &str,
+        customer_id: &str,
+        start: i64,
+        end: i64,
+    ) -> impl Future<Output = Result<u64, MeterError>> + Send;
+}
+
+fn stripe_error(e: stripe::StripeError) -> MeterError {
+    match e {
+        stripe::StripeError::Stripe(e, status) if status == 429 || status >= 500 => {
+            MeterError::Retryable(format!("{status}: {}", e.message.unwrap_or_default()))
+        }
+        stripe::StripeError::Stripe(e, status) => {
+            MeterError::Rejected(format!("{status}: {}", e.message.unwrap_or_default()))
+        }
+        other => MeterError::Retryable(other.to_string()),
+    }
+}
+
+impl MeterReadApi for RealStripe {
+    async fn find_meter(&self, event_name: &str) -> Result<Option<String>, MeterError> {
+        let mut request = ListBillingMeter::new().limit(100);
+        loop {
+            let call = request.send(&self.client);
+            let page = tokio::time::timeout(self.budget, call)
+                .await
+                .map_err(|_| MeterError::Retryable("no answer within the call's budget".into()))?
+                .map_err(stripe_error)?;
+            if let Some(m) = page.data.iter().find(|m| {
+                m.event_name == event_name && m.status == stripe_billing::BillingMeterStatus::Active
+            }) {
+                return Ok(Some(m.id.to_string()));
+            }
+            match page.data.last() {
+                Some(last) if page.has_more => {
+                    request = ListBillingMeter::new()
+                        .limit(100)
+                        .starting_after(last.id.to_string());
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+
+    async fn total(
+        &self,
+        meter_id: &str,
+        customer_id: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<u64, MeterError> {
+        // Without a grouping window Stripe sums the whole range into one summary.
+        let request = ListIdBillingMeterEventSummary::new(meter_id, customer_id, end, start);
+        let call = request.send(&self.client);
+        let list = tokio::time::timeout(self.budget, call)
+            .await
+            .map_err(|_| MeterError::Retryable("no answer within the call's budget".into()))?
+            .map_err(stripe_error)?;
+        let mut total = 0u64;
+        for summary in &list.data {
+            let v = summary.aggregated_value;
+            // Sums of whole units, far below 2^53: anything else is not a total we can trust.
+            if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v < 9.0e15) {
+                return Err(MeterError::Rejected(format!(
+                    "the meter summed to {v}, not a whole number of units"
+                )));
+            }
+            total += v as u64;
+        }
+        Ok(total)
+    }
+}
+
 impl MeterApi for RealStripe {
     async fn send(
         &self,
@@ -66,17 +153,7 @@ impl MeterApi for RealStripe {
                 "no answer within the call's budget".into(),
             )),
             Ok(Ok(_event)) => Ok(()),
-            Ok(Err(stripe::StripeError::Stripe(e, status))) if status == 429 || status >= 500 => {
-                Err(MeterError::Retryable(format!(
-                    "{status}: {}",
-                    e.message.unwrap_or_default()
-                )))
-            }
-            Ok(Err(stripe::StripeError::Stripe(e, status))) => Err(MeterError::Rejected(format!(
-                "{status}: {}",
-                e.message.unwrap_or_default()
-            ))),
-            Ok(Err(other)) => Err(MeterError::Retryable(other.to_string())),
+            Ok(Err(e)) => Err(stripe_error(e)),
         }
     }
 }
@@ -89,8 +166,10 @@ pub struct FakeMeter {
 
 #[derive(Debug, Default)]
 struct FakeMeterState {
-    events: HashMap<String, (String, u64)>,
+    /// identifier → (customer, value, timestamp)
+    events: HashMap<String, (String, u64, i64)>,
     calls: usize,
+    summary_calls: usize,
     /// Answers for the next calls, in order, before any is accepted.
     scripted: Vec<MeterError>,
 }
@@ -107,9 +186,25 @@ impl FakeMeter {
         let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.events
             .values()
-            .filter(|(c, _)| c == customer_id)
-            .map(|(_, v)| v)
+            .filter(|(c, _, _)| c == customer_id)
+            .map(|(_, v, _)| v)
             .sum()
+    }
+
+    /// Plants an event as if sent by another writer (a double count, a stray event).
+    pub fn plant(&self, identifier: &str, customer_id: &str, value: u64, timestamp: i64) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.events.insert(
+            identifier.to_owned(),
+            (customer_id.to_owned(), value, timestamp),
+        );
+    }
+
+    pub fn summary_calls(&self) -> usize {
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .summary_calls
     }
 
     pub fn calls(&self) -> usize {
@@ -129,10 +224,57 @@ impl MeterApi for FakeMeter {
         if !s.scripted.is_empty() {
             return Err(s.scripted.remove(0));
         }
-        s.events
-            .entry(claim.identifier.clone())
-            .or_insert((customer_id.to_owned(), claim.value));
+        s.events.entry(claim.identifier.clone()).or_insert((
+            customer_id.to_owned(),
+            claim.value,
+            claim.timestamp,
+        ));
         Ok(())
+    }
+}
+
+/// The fake's one meter is found under any event name, as `mtr_fake`.
+impl MeterReadApi for FakeMeter {
+    async fn find_meter(&self, _event_name: &str) -> Result<Option<String>, MeterError> {
+        Ok(Some("mtr_fake".into()))
+    }
+
+    async fn total(
+        &self,
+        _meter_id: &str,
+        customer_id: &str,
+        start: i64,
+        end: i64,
+    ) -> Result<u64, MeterError> {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.summary_calls += 1;
+        if !s.scripted.is_empty() {
+            return Err(s.scripted.remove(0));
+        }
+        Ok(s.events
+            .values()
+            .filter(|(c, _, at)| c == customer_id && (start..end).contains(at))
+            .map(|(_, v, _)| v)
+            .sum())
+    }
+}
+
+impl<T: MeterReadApi + Send + Sync> MeterReadApi for std::sync::Arc<T> {
+    fn find_meter(
+        &self,
+        event_name: &str,
+    ) -> impl Future<Output = Result<Option<String>, MeterError>> + Send {
+        (**self).find_meter(event_name)
+    }
+
+    fn total(
+        &self,
+        meter_id: &str,
+        customer_id: &str,
+        start: i64,
+        end: i64,
+    ) -> impl Future<Output = Result<u64, MeterError>> + Send {
+        (**self).total(meter_id, customer_id, start, end)
     }
 }
 

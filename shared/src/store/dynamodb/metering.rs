@@ -4,9 +4,11 @@
 //! |---|---|---|
 //! | what has been reported of a period: confirmed units, next sequence, the claim in flight | `ACCOUNT#{account}` | `REPORT#{period start, 12 digits}` |
 //!
-//! Accounts with overage to report carry `report_due` (set by the usage function's commit),
-//! which keys the sparse `ReportDue` index; the reporter clears it once everything is
-//! confirmed, on the condition that no usage arrived meanwhile (`u_rev`).
+//! Accounts with overage to report carry `report_due` = `due` (set by the usage function's
+//! commit), which keys the sparse `ReportDue` index; the reporter clears it once everything is
+//! confirmed, on the condition that no usage arrived meanwhile (`u_rev`). A period's report item
+//! carries `report_due` = `reconcile` from its first claim until reconciliation finds Stripe's
+//! total, the confirmed total and the recorded overage in agreement.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,12 +19,14 @@ use super::DynamoDbBillingStore;
 use super::item::{Item, account_key, account_pk, get_n, get_s, key, n, s};
 use super::usage::REPORT_DUE;
 use crate::ids::AccountId;
-use crate::metering::{Claim, ReportState};
+use crate::metering::{Claim, PeriodFigures, ReportState};
 use crate::store::StoreError;
 use crate::store::metering::{MeteringStore, PeriodReport, ReportInput};
 use crate::usage::period::Period;
 
 const INDEX: &str = "ReportDue";
+/// `report_due` on a period's report item: reconciliation has yet to agree with it.
+const RECONCILE_DUE: &str = "reconcile";
 
 #[derive(Debug, Clone)]
 pub struct DynamoDbMeteringStore {
@@ -74,8 +78,9 @@ pub(super) fn written<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-impl MeteringStore for DynamoDbMeteringStore {
-    async fn due_accounts(&self) -> Result<Vec<AccountId>, StoreError> {
+impl DynamoDbMeteringStore {
+    /// The keys the `ReportDue` index holds under `value`, every page.
+    async fn due_index(&self, value: &str) -> Result<Vec<Item>, StoreError> {
         let mut out = Vec::new();
         let mut start = None;
         loop {
@@ -86,23 +91,84 @@ impl MeteringStore for DynamoDbMeteringStore {
                 .table_name(&self.store.table)
                 .index_name(INDEX)
                 .key_condition_expression("report_due = :due")
-                .expression_attribute_values(":due", s(REPORT_DUE))
+                .expression_attribute_values(":due", s(value))
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
                 .map_err(|e| {
                     StoreError::Retryable(anyhow::Error::new(e).context("reading the due index"))
                 })?;
-            out.extend(
-                page.items().iter().filter_map(|i| {
-                    AccountId::parse(get_s(i, "pk")?.strip_prefix("ACCOUNT#")?).ok()
-                }),
-            );
+            out.extend(page.items().iter().cloned());
             match page.last_evaluated_key {
                 Some(k) => start = Some(k),
                 None => return Ok(out),
             }
         }
+    }
+}
+
+impl MeteringStore for DynamoDbMeteringStore {
+    async fn due_accounts(&self) -> Result<Vec<AccountId>, StoreError> {
+        Ok(self
+            .due_index(REPORT_DUE)
+            .await?
+            .iter()
+            .filter(|i| get_s(i, "sk").as_deref() == Some("ACCOUNT"))
+            .filter_map(|i| AccountId::parse(get_s(i, "pk")?.strip_prefix("ACCOUNT#")?).ok())
+            .collect())
+    }
+
+    async fn reconcile_due(&self) -> Result<Vec<(AccountId, i64)>, StoreError> {
+        Ok(self
+            .due_index(RECONCILE_DUE)
+            .await?
+            .iter()
+            .filter_map(|i| {
+                let account = AccountId::parse(get_s(i, "pk")?.strip_prefix("ACCOUNT#")?).ok()?;
+                let start = get_s(i, "sk")?.strip_prefix("REPORT#")?.parse().ok()?;
+                Some((account, start))
+            })
+            .collect())
+    }
+
+    async fn mark_reconciled(
+        &self,
+        account: &AccountId,
+        period_start: i64,
+        figures: &PeriodFigures,
+        agrees: bool,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let update = self
+            .store
+            .client
+            .update_item()
+            .table_name(&self.store.table)
+            .set_key(Some(report_key(account, period_start)))
+            .expression_attribute_names("#confirmed", "confirmed")
+            .expression_attribute_names("#claim", "claim")
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":stripe", n(figures.stripe))
+            .expression_attribute_values(":recorded", n(figures.recorded))
+            .expression_attribute_values(":reported", n(figures.reported))
+            // Only as it was read: a claim since then means the figures are already stale.
+            .condition_expression("attribute_not_exists(#claim) AND #confirmed = :reported");
+        let update = if agrees {
+            update
+                .update_expression("SET reconciled_at = :now, stripe_total = :stripe, recorded_total = :recorded, reconciled = :agrees REMOVE #due")
+                .expression_attribute_names("#due", "report_due")
+                .expression_attribute_values(":agrees", s("agrees"))
+        } else {
+            update
+                .update_expression("SET reconciled_at = :now, stripe_total = :stripe, recorded_total = :recorded, reconciled = :differs")
+                .expression_attribute_values(":differs", s("differs"))
+        };
+        written(
+            update.send().await,
+            |e| e.is_conditional_check_failed_exception(),
+            "recording a reconciliation",
+        )
+        .map(|_| ())
     }
 
     async fn report_input(
@@ -177,8 +243,10 @@ impl MeteringStore for DynamoDbMeteringStore {
             .table_name(&self.store.table)
             .set_key(Some(report_key(account, period.start)))
             .update_expression(
-                "SET #claim = :claim, #next_seq = :next, #confirmed = :confirmed, #period_end = :end",
+                "SET #claim = :claim, #next_seq = :next, #confirmed = :confirmed, #period_end = :end, #due = :reconcile",
             )
+            .expression_attribute_names("#due", "report_due")
+            .expression_attribute_values(":reconcile", s(RECONCILE_DUE))
             .expression_attribute_names("#claim", "claim")
             .expression_attribute_names("#next_seq", "next_seq")
             .expression_attribute_names("#confirmed", "confirmed")

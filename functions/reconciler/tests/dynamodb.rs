@@ -1,0 +1,174 @@
+//! Reconciliation over DynamoDB Local and a fake meter: overage tracked by the usage function and
+//! reported by the reporter reconciles once its period has closed; a planted difference is
+//! found and alarmed on every run until resolved; open periods cost no Stripe call.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use reconciler::handler::Reconciler;
+use reporter::handler::Reporter;
+use serde_json::json;
+use shared::catalog::Catalog;
+use shared::metering::{SETTLE_SECS, summary_window};
+use shared::store::metering::MeteringStore;
+use shared::store::{DynamoDbMeteringStore, DynamoDbUsageStore};
+use shared::stripe::meter::{FakeMeter, MeterConfig};
+use shared::usage::period::Period;
+use usage::handler::UsageHandler;
+
+const NOW: i64 = 1_767_225_600 + 3_600;
+
+fn config() -> MeterConfig {
+    MeterConfig {
+        event_name: "llm_overage_units".into(),
+        customer_key: "stripe_customer_id".into(),
+    }
+}
+
+fn far() -> Instant {
+    Instant::now() + Duration::from_secs(120)
+}
+
+struct Setup {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    meter: Arc<FakeMeter>,
+}
+
+impl Setup {
+    /// `accounts` pro accounts with a customer each, every one in overage by `10 + i` units,
+    /// reported to the fake meter. Returns the period the usage fell in.
+    async fn new(test: &str, accounts: usize) -> (Self, Period) {
+        let client = testkit::dynamodb().await;
+        let table = testkit::billing_table(&client, test).await;
+        let usage = UsageHandler::new(
+            DynamoDbUsageStore::new(client.clone(), &table),
+            Catalog::embedded().unwrap(),
+        );
+        let mut period = None;
+        for i in 0..accounts {
+            let account = format!("acct_{i}");
+            testkit::put_account(
+                &client,
+                &table,
+                &account,
+                "pro",
+                0,
+                vec![("customer_id", AttributeValue::S(format!("cus_{i}")))],
+            )
+            .await;
+            let answer = usage
+                .handle(&json!({"action":"track","account_id":account,"request_id":"r","model":"unlisted-model","input_tokens":10 + i,"output_tokens":0}), NOW)
+                .await
+                .unwrap();
+            assert_eq!(answer["covered"]["overage"], 10 + i as u64, "{answer}");
+            period = Some(Period {
+                start: answer["balance"]["period_start"].as_i64().unwrap(),
+                end: answer["balance"]["period_end"].as_i64().unwrap(),
+            });
+        }
+        let meter = Arc::new(FakeMeter::default());
+        let s = Self {
+            client,
+            table,
+            meter,
+        };
+        let summary = Reporter::new(s.store(), s.meter.clone(), config())
+            .with_retry_base(Duration::from_millis(1))
+            .run(NOW, far())
+            .await
+            .unwrap();
+        assert_eq!(summary.confirmed, accounts);
+        (s, period.unwrap())
+    }
+
+    fn store(&self) -> DynamoDbMeteringStore {
+        DynamoDbMeteringStore::new(self.client.clone(), &self.table)
+    }
+
+    fn reconciler(&self) -> Reconciler<DynamoDbMeteringStore, Arc<FakeMeter>> {
+        Reconciler::new(self.store(), self.meter.clone(), config())
+            .with_retry_base(Duration::from_millis(1))
+    }
+}
+
+#[tokio::test]
+async fn closed_periods_that_agree_are_compared_once_and_open_ones_cost_no_stripe_call() {
+    let (s, period) = Setup::new("reconcile-agree", 5).await;
+    assert_eq!(s.store().reconcile_due().await.unwrap().len(), 5);
+
+    // The period is still open (and then not yet settled): nothing asked of Stripe.
+    for now in [NOW + 60, period.end + SETTLE_SECS - 1] {
+        let summary = s.reconciler().run(now, far()).await.unwrap();
+        assert_eq!((summary.checked, summary.not_yet), (0, 5));
+        assert_eq!(s.meter.summary_calls(), 0);
+    }
+
+    let after = period.end + SETTLE_SECS;
+    let summary = s.reconciler().run(after, far()).await.unwrap();
+    assert_eq!((summary.checked, summary.agreed), (5, 5));
+    assert!(!summary.needs_attention(), "{summary:?}");
+    assert_eq!(
+        s.meter.summary_calls(),
+        5,
+        "one summary per account and period"
+    );
+
+    // Agreed periods leave the index: the next run reads nothing.
+    assert!(s.store().reconcile_due().await.unwrap().is_empty());
+    let again = s.reconciler().run(after + 86_400, far()).await.unwrap();
+    assert_eq!(again.checked, 0);
+    assert_eq!(s.meter.summary_calls(), 5);
+}
+
+#[tokio::test]
+async fn a_planted_difference_is_found_with_its_figures_and_stays_until_resolved() {
+    let (s, period) = Setup::new("reconcile-differ", 3).await;
+    let (from, to) = summary_window(period);
+    // Stripe counted a claim twice (resent after its deduplication window), for cus_1.
+    s.meter.plant("ovg_resent_after_24h", "cus_1", 11, to - 1);
+    // An event just outside the window (the next period) changes nothing for cus_2.
+    s.meter.plant("ovg_next_period", "cus_2", 500, to);
+    assert!(from >= period.start);
+
+    let after = period.end + SETTLE_SECS;
+    let summary = s.reconciler().run(after, far()).await.unwrap();
+    assert!(summary.needs_attention());
+    assert_eq!((summary.checked, summary.agreed), (3, 2));
+    assert_eq!(summary.differences.len(), 1);
+    let d = &summary.differences[0];
+    assert_eq!(d.account.as_str(), "acct_1");
+    assert_eq!(d.period, period);
+    assert_eq!(
+        (d.figures.recorded, d.figures.reported, d.figures.stripe),
+        (11, 11, 22)
+    );
+
+    // Still due: the next run alarms again, and reads only that period.
+    let next = s.reconciler().run(after + 86_400, far()).await.unwrap();
+    assert_eq!((next.checked, next.differences.len()), (1, 1));
+    assert_eq!(s.meter.summary_calls(), 4);
+}
+
+#[tokio::test]
+async fn overage_recorded_but_never_reported_is_a_difference() {
+    let (s, period) = Setup::new("reconcile-unreported", 1).await;
+    // More overage lands on the account after the reporter's last run (say it stopped).
+    let usage = UsageHandler::new(
+        DynamoDbUsageStore::new(s.client.clone(), &s.table),
+        Catalog::embedded().unwrap(),
+    );
+    usage
+        .handle(&json!({"action":"track","account_id":"acct_0","request_id":"late","model":"unlisted-model","input_tokens":5,"output_tokens":0}), NOW + 10)
+        .await
+        .unwrap();
+    let summary = s
+        .reconciler()
+        .run(period.end + SETTLE_SECS, far())
+        .await
+        .unwrap();
+    assert_eq!(summary.differences.len(), 1);
+    let f = summary.differences[0].figures;
+    assert_eq!((f.recorded, f.reported, f.stripe), (15, 10, 10));
+}
