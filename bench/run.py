@@ -305,7 +305,8 @@ def cold_start() -> None:
     from template import Template, load
     from provision import provision
 
-    run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage", "-p", "reporter"])
+    run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage", "-p", "reporter",
+         "-p", "notifier", "-p", "reconciler"])
     with local_aws() as endpoints:
         endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
@@ -331,6 +332,12 @@ def cold_start() -> None:
             # A scheduled run with nothing due: no Stripe call.
             ("reporter", "ReporterFunction", lambda: (ROOT / "events" / "reporter.json").read_bytes(),
              lambda r: r.get("sent") == 0),
+            # A stream batch naming an entry that is not (or no longer) in the table: nothing to send.
+            ("notifier", "NotifierFunction", lambda: (ROOT / "events" / "notifier.json").read_bytes(),
+             lambda r: r.get("batchItemFailures") == []),
+            # A daily run with nothing due: no Stripe call.
+            ("reconciler", "ReconcilerFunction", lambda: (ROOT / "events" / "reconciler.json").read_bytes(),
+             lambda r: r.get("checked") == 0),
         ]
         results = {}
         for binary, name, event, ok in cases:
@@ -365,6 +372,7 @@ def cold_start() -> None:
 
         usage_rows = usage_figures({**env_of("UsageFunction"), "AWS_ENDPOINT_URL_DYNAMODB": proxy.dynamodb.url},
                                    proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
+        metering_rows = metering_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
 
     for binary, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)
@@ -405,7 +413,7 @@ def cold_start() -> None:
         ratio = warm["python"] / warm["rust"]
         row("whole-handler CPU ratio Python / Rust", f"{ratio:.1f}×", "≥ 10×", ratio >= 10)
         row("webhook TCP connections opened per event", f"{warm['rust_connects']:.2f}", "0 (kept alive)", warm["rust_connects"] < 0.05)
-    for r in usage_rows:
+    for r in usage_rows + metering_rows:
         row(*r)
 
 
@@ -640,6 +648,55 @@ def usage_figures(env: dict, proxy: "CountingProxies", dynamodb_url: str, table:
     return out
 
 
+def metering_figures(env_of, proxy: "CountingProxies", dynamodb_url: str, table: str) -> list[tuple]:
+    """1,000 overage tracks over 50 accounts through the usage process, then one reporter run
+    against the Stripe simulator: meter calls and DynamoDB calls, counted."""
+    import boto3
+
+    from stripe_sim import load_prices, serve
+    from with_aws import free_port
+
+    port = free_port()
+    sim, server = serve(port, "http://127.0.0.1:9/unused", ["whsec_local"], load_prices())
+    sim.delivery["paused"] = True
+    ddb = boto3.client("dynamodb", endpoint_url=dynamodb_url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    try:
+        accounts = [f"acct_bench_meter_{i}" for i in range(50)]
+        for account in accounts:
+            customer = sim.create_customer({"email": f"{account}@example.com"})["id"]
+            ddb.put_item(TableName=table, Item={
+                "pk": {"S": f"ACCOUNT#{account}"}, "sk": {"S": "ACCOUNT"}, "effective_plan": {"S": "pro"},
+                "included_units": {"N": "0"}, "credits": {"N": "0"}, "customer_id": {"S": customer}})
+        p = WarmProcess("usage", {**env_of("UsageFunction"), "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_url})
+        local = 0
+        try:
+            for n in range(1_000):
+                answer = p.invoke(track(accounts[n % 50], f"m{n}", tokens=80))
+                assert answer["covered"]["overage"] == answer["units"], answer
+                local += answer["units"]
+        finally:
+            p.close()
+        env = {**env_of("ReporterFunction"), "STRIPE_API_BASE": f"http://127.0.0.1:{port}"}
+        proxy.dynamodb.take_ops()
+        sim.api_calls.clear()
+        result = start_once(ROOT / "target" / "release" / "reporter", env, (ROOT / "events" / "reporter.json").read_bytes(),
+                            proxy.aws.url, proxy.dynamodb.url, proxy)
+        assert result["response"].get("confirmed") == 50, f"{result['response']}\n{log_of(result)}"
+        ops = proxy.dynamodb.take_ops()
+        meter_calls = sim.api_calls.get(("POST", "/v1/billing/meter_events"), 0)
+        stripe_total = sum(int(e["payload"]["value"]) for e in sim.meter_events.values())
+    finally:
+        server.shutdown()
+    per_report = {k: v / 50 for k, v in ops.items()}
+    return [
+        ("reporter Stripe calls per 1,000 overage tracks over 50 accounts", str(meter_calls), "≤ 50", meter_calls <= 50),
+        ("  Stripe's meter total = the tracks' overage total", f"{stripe_total:,} = {local:,}", "equal", stripe_total == local),
+        ("reporter DynamoDB calls per account reported",
+         ", ".join(f"{k} {v:g}" for k, v in sorted(per_report.items())), "(counted)", None),
+    ]
+
+
 def usage_decision_cpu() -> None:
     ns = json.loads((ROOT / "target" / "criterion" / "usage" / "track_decision" / "new" / "estimates.json").read_text())["mean"]["point_estimate"]
     row("usage CPU per track decision (parse, price, burn down, answer)", f"{ns / 1000:.2f} µs", "≤ 10 µs", ns <= 10_000)
@@ -722,7 +779,7 @@ def usage_load() -> None:
 
 
 def zip_size() -> None:
-    for binary in ("webhook", "processor", "api", "usage", "reporter"):
+    for binary in ("webhook", "processor", "api", "usage", "reporter", "notifier", "reconciler"):
         run(["cargo", "lambda", "build", "--release", "--arm64", "--bin", binary, "--output-format", "zip"])
         size = (ROOT / "target" / "lambda" / binary / "bootstrap.zip").stat().st_size
         row(f"{binary} deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)

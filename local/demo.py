@@ -4,8 +4,9 @@
 Starts the stack if it is not running (and stops it afterwards). Through the local Stripe, a
 customer subscribes (checkout → subscription → invoice paid), buys credits and gets a partial
 refund; her app then calls the usage function around its model requests (two models, a hold
-released and one settled) and runs through the plan's allowance into credits and overage; a
-payment fails and recovers. Every webhook is delivered twice and out of order; the app-facing API
+released and one settled) and runs through the plan's allowance into credits and overage; the
+notifier emails her as credits run low and publishes every notification on the event bus; the
+overage reaches Stripe's meter and reconciles; the next invoice bills it, fails, and recovers. Every webhook is delivered twice and out of order; the app-facing API
 shows the account, and the usage function its balance, after each step. Then forged, tampered,
 replayed and live-mode deliveries are refused at the webhook.
 """
@@ -14,12 +15,14 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from datetime import datetime, timezone
 from pathlib import Path
 
 import boto3
@@ -27,6 +30,7 @@ import stripe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from event_sources import scheduled_event  # noqa: E402
 from stack import Settings, read_pid  # noqa: E402
 from template import ROOT  # noqa: E402
 
@@ -147,7 +151,8 @@ def play_stripe_story(env: dict) -> None:
                                                            "metadata[account_id]": account})
     session = stripe_call(env, "POST", "/v1/checkout/sessions", {
         "mode": "subscription", "customer": customer["id"], "client_reference_id": account,
-        "line_items[0][price]": "price_pro_monthly", "metadata[account_id]": account,
+        "line_items[0][price]": "price_pro_monthly", "line_items[0][quantity]": "1",
+        "line_items[1][price]": "price_pro_overage", "metadata[account_id]": account,
         "subscription_data[metadata][account_id]": account,
         "success_url": "https://app.example.com/billing?ok", "cancel_url": "https://app.example.com/billing"})
     sim(env, f"checkout/sessions/{session['id']}/complete")
@@ -158,7 +163,8 @@ def play_stripe_story(env: dict) -> None:
 
     print("\n2. She buys a 1M credit pack, then asks for 40 % back.\n")
     pack = stripe_call(env, "POST", "/v1/checkout/sessions", {
-        "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m",
+        "mode": "payment", "customer": customer["id"], "client_reference_id": account,
+        "line_items[0][price]": "price_credits_1m",
         "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
         "payment_intent_data[metadata][account_id]": account})
     done = sim(env, f"checkout/sessions/{pack['id']}/complete")
@@ -168,12 +174,17 @@ def play_stripe_story(env: dict) -> None:
     wait_for(env, account, lambda a: a["credits"] == 600_000)
     print(f"    after a 4.00 USD refund: {api(env, f'/v1/accounts/{account}')['credits']:,} credits")
 
-    play_usage(env, account)
+    period = play_usage(env, account)
+    play_notifications(env, account)
+    play_metering(env, account, api(env, f"/v1/accounts/{account}")["customer_id"], period)
 
-    print("\n4. Next month's payment fails, then the retry succeeds.\n")
+    print("\n6. Next month's invoice (the base fee ahead, last month's overage from the meter) fails,\n"
+          "   then the retry succeeds.\n")
     sub_id = session_subscription(env, session["id"])
     sim(env, "clock/advance", {"seconds": 30 * 86_400})
     failing = sim(env, f"subscriptions/{sub_id}/renew", {"fail": True})
+    for line in failing["lines"]["data"]:
+        print(f"    invoice line: {line['description']:<40} {line['amount'] / 100:>8.2f} USD")
     sim(env, "drain")
     wait_for(env, account, lambda a: (a.get("subscription") or {}).get("status") == "past_due")
     wait_for_invoice(env, account, failing["id"], lambda i: (i.get("dunning") or {}).get("status") == "open")
@@ -221,7 +232,7 @@ def call(account: str, request: str, model: str, tokens_in: int, tokens_out: int
             "input_tokens": tokens_in, "output_tokens": tokens_out, **extra}
 
 
-def play_usage(env: dict, account: str) -> None:
+def play_usage(env: dict, account: str) -> dict:
     print("\n3. Her app calls the usage function around its model requests (rate card: gpt-4o 2 / 8 units per\n"
           "   input / output token, claude-sonnet 3 / 15, gpt-4o-mini 1 / 2).\n")
     show_track("gpt-4o, 400,000 in / 100,000 out", usage(env, call(account, "req-1", "gpt-4o", 400_000, 100_000)))
@@ -256,6 +267,78 @@ def play_usage(env: dict, account: str) -> None:
              if i["pk"]["S"].startswith("OUTBOX#") and i["account_id"]["S"] == account]
     names = sorted(f"{n['name']['S']} {json.loads(n['detail']['S']).get('percent', '')}".strip() for n in notes)
     print(f"    notifications written to the outbox with the usage that caused them: {', '.join(names)}")
+    return usage(env, {"action": "balance", "account_id": account})
+
+
+def bus_events(env: dict, account: str) -> list[dict]:
+    """What the event bus published for the account (the local stack routes it to a queue)."""
+    sqs = boto3.client("sqs", endpoint_url=env["LOCAL_AWS_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    out = []
+    while True:
+        got = sqs.receive_message(QueueUrl=env["LOCAL_BUS_QUEUE_URL"], MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            return [e for e in out if e["detail"].get("account_id") == account]
+        for m in got:
+            out.append(json.loads(m["Body"]))
+            sqs.delete_message(QueueUrl=env["LOCAL_BUS_QUEUE_URL"], ReceiptHandle=m["ReceiptHandle"])
+
+
+def sent_mail(env: dict) -> list[dict]:
+    with urllib.request.urlopen(env["LOCAL_SES_MESSAGES_URL"], timeout=10) as r:
+        return json.loads(r.read())
+
+
+def play_notifications(env: dict, account: str) -> None:
+    print("\n4. The notifier delivers each outbox entry from the table's stream: an event on the bus\n"
+          "   and, for her, an email (read back from SES).\n")
+    deadline, events = time.monotonic() + 30, []
+    while time.monotonic() < deadline:
+        events += bus_events(env, account)
+        if any(e["detail-type"] == "credits.low" for e in events) and len(events) >= 3:
+            break
+        time.sleep(0.3)
+    for e in sorted(events, key=lambda e: e["detail"]["id"]):
+        facts = {k: v for k, v in e["detail"].items() if k not in ("id", "name", "account_id")}
+        print(f"    event  {e['source']} / {e['detail-type']:<16} {json.dumps(facts)}")
+    for m in sent_mail(env):
+        if account in (m["body"] or "") and m["subject"] == "Your prepaid credits are running low":
+            text = re.sub(r"<[^>]+>", " ", m["body"]).replace("&#39;", "'")
+            first = re.sub(r"\s+", " ", text).strip().split(". ")[0]
+            print(f"    email  to {', '.join(m['destinations']['ToAddresses'])}: \"{m['subject']}\"")
+            print(f"           {first}.")
+
+
+def fire(env: dict, function: str, at: int | None = None) -> dict:
+    """Invokes a scheduled function as its schedule would, with `time` = `at`."""
+    event = scheduled_event(function, datetime.fromtimestamp(at, timezone.utc) if at else None)
+    url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/{function}/invocations"
+    req = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=120) as r:
+        return json.loads(r.read())
+
+
+def meter_total(env: dict, customer: str, start: int, end: int) -> int:
+    meter = next(m for m in stripe_call(env, "GET", "/v1/billing/meters")["data"] if m["event_name"] == "llm_overage_units")
+    # The period's whole minutes, as reconciliation sums them (summaries take minute bounds).
+    window = {"customer": customer, "start_time": start + (-start) % 60, "end_time": end - end % 60}
+    got = stripe_call(env, "GET", f"/v1/billing/meters/{meter['id']}/event_summaries?{urllib.parse.urlencode(window)}")
+    return int(sum(s["aggregated_value"] for s in got["data"]))
+
+
+def play_metering(env: dict, account: str, customer: str, balance: dict) -> None:
+    print("\n5. The meter reporter (every minute) ships the period's overage to Stripe's meter: one event\n"
+          "   per account per run, claimed in the table before it is sent; the reconciler checks it.\n")
+    local = balance["overage_units"]
+    fire(env, "ReporterFunction")
+    start, end = balance["period_start"], balance["period_end"]
+    print(f"    overage recorded locally this period: {local:,} units")
+    print(f"    Stripe's meter for {customer}: {meter_total(env, customer, start, end):,} units")
+    again = fire(env, "ReporterFunction")
+    print(f"    the next run sends {again['sent']} event(s): nothing is reported twice")
+    result = fire(env, "ReconcilerFunction", end + 2 * 3600)
+    print(f"    reconciliation after the period closed: {result['checked']} period(s) compared, "
+          f"{result['agreed']} in agreement (recorded = confirmed = Stripe's summary)")
 
 
 def processor_outcomes(env: dict, event_ids: set[str]) -> dict[str, int]:
@@ -276,7 +359,7 @@ def session_subscription(env: dict, session_id: str) -> str:
 
 
 def play_forgeries(env: dict) -> None:
-    print(f"\n5. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
+    print(f"\n7. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
     for what, body, signature in forgeries(int(time.time())):
         event = json.loads(body)
         status, answer = deliver(env["WEBHOOK_URL"], body, signature)

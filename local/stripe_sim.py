@@ -86,6 +86,7 @@ class StripeSimulator:
         self.meter_in_flight: set[tuple[str, str]] = set()
         self.meter_hold_ms = 20
         self.faults: list[dict] = []
+        self.api_calls: dict[tuple[str, str], int] = {}  # (method, path) -> calls, for counting
         self.delivery = {"duplicate": 0, "reorder": False, "delay_ms": 0, "paused": False}
         self.clock_offset = 0
         self.pending: list[dict] = []
@@ -211,7 +212,9 @@ class StripeSimulator:
             self.get(params["customer"], "customer")
         s = copy.deepcopy(FIXTURES["checkout.session"])
         sid = f"cs_test_{pysecrets.token_hex(16)}"
-        amount = sum(self.price(i["price"])["unit_amount"] * int(i.get("quantity", 1)) for i in items)
+        # Metered prices are billed later, from the meter: nothing to pay for them now.
+        amount = sum(self.price(i["price"])["unit_amount"] * int(i.get("quantity", 1))
+                     for i in items if self.price(i["price"])["kind"] != "metered")
         s.update(
             id=sid, object="checkout.session", mode=mode, status="open", payment_status="unpaid",
             customer=params.get("customer"), client_reference_id=params.get("client_reference_id"),
@@ -329,7 +332,7 @@ class StripeSimulator:
             elif price["kind"] == "metered" and usage_period:
                 units = self.metered_usage(price["meter"], sub["customer"], *usage_period)
                 lines.append(self.invoice_line(inv, price_id, self.metered_amount(price, units), units, *usage_period,
-                                               f"{units} units × {price_id}"))
+                                               f"{units:,} units × {price_id}"))
         amount = sum(line["amount"] for line in lines)
         number = f"SIM-{len([o for o in self.objects.values() if o.get('object') == 'invoice']) + 1:04d}"
         inv.update(
@@ -666,6 +669,8 @@ def make_handler(sim: StripeSimulator):
             query = dict(urllib.parse.parse_qsl(url.query))
             control = url.path.startswith("/_sim/")
             if not control:
+                with sim.lock:
+                    sim.api_calls[(self.command, url.path)] = sim.api_calls.get((self.command, url.path), 0) + 1
                 auth = self.headers.get("Authorization", "")
                 if not auth.startswith("Bearer sk_test_") and not auth.startswith("Bearer rk_test_"):
                     return self.respond(401, {"error": {"type": "invalid_request_error",

@@ -42,3 +42,38 @@ def test_the_usage_function_writes_only_what_its_transactions_need():
     (statement,) = doc["Resources"]["UsageFunction"]["Properties"]["Policies"][0]["Statement"]
     assert sorted(statement["Action"]) == ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"]
     assert statement["Resource"] == {"Fn::GetAtt": ["BillingTable", "Arn"]}
+
+
+def test_every_way_overage_can_miss_the_invoice_raises_the_one_metering_alarm():
+    doc = load()
+    res = doc["Resources"]
+    metrics = {m["Id"]: m for m in res["MeteringAlarm"]["Properties"]["Metrics"]}
+    errors_of = {
+        m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"]
+        for m in metrics.values()
+        if "MetricStat" in m and m["MetricStat"]["Metric"]["MetricName"] == "Errors"
+    }
+    assert errors_of == {"ReporterFunction", "ReconcilerFunction"}
+    assert metrics["stripe"]["MetricStat"]["Metric"]["MetricName"] == "MeterErrorReports"
+    expression = metrics["problems"]["Expression"]
+    assert all(i in expression for i in ("reporter", "reconciler", "stripe")), expression
+    # The filter matches the processor's alarm line (flattened JSON: `alarm`, `event_type`).
+    pattern = res["MeterErrorReportFilter"]["Properties"]["FilterPattern"]
+    assert "$.alarm IS TRUE" in pattern and '$.event_type = "billing.meter.error_report_triggered"' in pattern
+    assert res["MeterErrorReportFilter"]["Properties"]["MetricTransformations"][0]["MetricName"] == "MeterErrorReports"
+
+
+def test_the_notifier_sends_only_from_the_configured_sender_and_parks_what_fails():
+    doc = load()
+    fn = doc["Resources"]["NotifierFunction"]["Properties"]
+    (mail,) = [p for p in fn["Policies"] if isinstance(p, dict) and "Fn::If" in p]
+    condition, granted, _ = mail["Fn::If"]
+    assert condition == "SendsEmail"
+    (statement,) = granted["Statement"]
+    assert statement["Action"] == "ses:SendEmail"
+    assert statement["Condition"]["StringEquals"]["ses:FromAddress"] == {"Ref": "EmailFromAddress"}
+    source = fn["Events"]["Outbox"]["Properties"]
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert source["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["NotifierDeadLetterQueue", "Arn"]}
+    alarm = doc["Resources"]["NotifierDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["NotifierDeadLetterQueue", "QueueName"]}
