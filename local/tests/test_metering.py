@@ -5,22 +5,28 @@ import json
 import time
 import urllib.parse
 import uuid
+from datetime import datetime, timezone
 
 from conftest import Stripe, eventually, http
+from event_sources import scheduled_event
 from test_flows import account_where, subscribe
 from test_usage import invoke
 
 
-def report_now(env) -> tuple[dict, str | None]:
-    """Fires the reporter as its schedule would (the Invoke API, a scheduled event)."""
+def fire(env, function: str, at: int) -> tuple[dict, str | None]:
+    """Fires a scheduled function (the Invoke API) with its event's `time` set to `at`."""
     import urllib.request
 
-    url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/ReporterFunction/invocations"
-    event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
-             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "region": "us-east-1", "detail": {}}
+    url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/{function}/invocations"
+    event = scheduled_event(function, datetime.fromtimestamp(at, timezone.utc))
     req = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
     with urllib.request.urlopen(req, timeout=120) as r:
         return json.loads(r.read()), r.headers.get("X-Amz-Function-Error")
+
+
+def report_now(env) -> tuple[dict, str | None]:
+    """Fires the reporter as its schedule would (the Invoke API, a scheduled event)."""
+    return fire(env, "ReporterFunction", int(time.time()))
 
 
 def test_overage_reaches_the_meter_once(stack):
@@ -46,18 +52,6 @@ def test_overage_reaches_the_meter_once(stack):
     status, summaries = stripe.call("GET", f"/v1/billing/meters/mtr_local_overage/event_summaries?{query}")
     assert status == 200, summaries
     assert summaries["data"][0]["aggregated_value"] == 123
-
-
-def fire(env, function: str, at: int) -> tuple[dict, str | None]:
-    """Fires a scheduled function with its event's `time` set to `at`."""
-    import urllib.request
-
-    url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/{function}/invocations"
-    event = {"version": "0", "id": str(uuid.uuid4()), "detail-type": "Scheduled Event", "source": "aws.events",
-             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)), "region": "us-east-1", "detail": {}}
-    req = urllib.request.Request(url, data=json.dumps(event).encode(), method="POST")
-    with urllib.request.urlopen(req, timeout=120) as r:
-        return json.loads(r.read()), r.headers.get("X-Amz-Function-Error")
 
 
 def test_reconciliation_agrees_after_the_period_and_finds_a_planted_difference(stack):

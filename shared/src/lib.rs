@@ -20,6 +20,7 @@ pub mod ids;
 pub mod metering;
 pub mod notifications;
 pub mod queue;
+pub mod retry;
 pub mod secrets;
 pub mod store;
 pub mod stripe;

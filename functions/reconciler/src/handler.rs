@@ -10,11 +10,11 @@
 //! alarm); the period stays in the index and is compared again next run until someone resolves
 //! it. Periods still open, or with a claim in flight, cost no Stripe call.
 
-use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use shared::ids::AccountId;
 use shared::metering::{PeriodFigures, Reconciled, SETTLE_SECS, reconcile, summary_window};
+use shared::retry::full_jitter;
 use shared::store::StoreError;
 use shared::store::metering::MeteringStore;
 use shared::stripe::meter::{MeterConfig, MeterError, MeterReadApi};
@@ -78,12 +78,6 @@ pub fn scheduled_time(event: &serde_json::Value) -> Option<i64> {
         .get("time")
         .and_then(serde_json::Value::as_str)
         .and_then(shared::clock::parse_rfc3339)
-}
-
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let ceiling = base * (1u32 << attempt.min(6));
-    let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
-    Duration::from_micros(RandomState::new().hash_one(attempt) % (micros + 1))
 }
 
 impl<S: MeteringStore, M: MeterReadApi> Reconciler<S, M> {
@@ -209,7 +203,7 @@ impl<S: MeteringStore, M: MeterReadApi> Reconciler<S, M> {
                 Err(MeterError::Retryable(why)) if attempt + 1 < ATTEMPTS => {
                     attempt += 1;
                     warn!(attempt, %why, "Stripe read not answered; retrying");
-                    tokio::time::sleep(backoff(self.retry_base, attempt)).await;
+                    tokio::time::sleep(full_jitter(self.retry_base, attempt)).await;
                 }
                 Err(e) => return Err(RunError::Stripe(e)),
             }

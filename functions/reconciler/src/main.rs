@@ -5,38 +5,20 @@
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use reconciler::handler::{Reconciler, RunError, scheduled_time};
 use serde_json::{Value, json};
-use shared::config::{EnvSource, ProcessEnv, required};
+use shared::config::ProcessEnv;
 use shared::store::DynamoDbMeteringStore;
-use shared::stripe::api::RealStripe;
-use shared::stripe::meter::MeterConfig;
+use shared::stripe::meter::MeteringEnv;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
     shared::telemetry::init();
-    let env = ProcessEnv;
-    let table = required(&env, "TABLE_NAME")?;
-    let meter = MeterConfig {
-        event_name: required(&env, "METER_EVENT_NAME")?,
-        customer_key: env
-            .get("METER_CUSTOMER_KEY")
-            .unwrap_or_else(|| "stripe_customer_id".to_owned()),
-    };
+    let env = MeteringEnv::from_env(&ProcessEnv)?;
     let aws = shared::aws::sdk_config().await;
-    let secrets = shared::secrets::load_api_key(
-        &aws_sdk_secretsmanager::Client::new(&aws),
-        &required(&env, "STRIPE_API_KEY_SECRET_ID")?,
-    )
-    .await?;
-    let stripe = RealStripe::new(
-        &secrets.api_key,
-        env.get("STRIPE_API_BASE")
-            .filter(|v| !v.trim().is_empty())
-            .as_deref(),
-    )?;
+    let stripe = env.stripe(&aws).await?;
     let reconciler = Reconciler::new(
-        DynamoDbMeteringStore::new(aws_sdk_dynamodb::Client::new(&aws), table),
+        DynamoDbMeteringStore::new(aws_sdk_dynamodb::Client::new(&aws), env.table_name),
         stripe,
-        meter,
+        env.meter,
     );
     let reconciler = &reconciler;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

@@ -7,11 +7,11 @@
 //! second. The function runs with a reserved concurrency of one, so runs do not overlap; if they
 //! did, a claim is still written once (conditional write) and sent under one identifier.
 
-use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use shared::ids::AccountId;
 use shared::metering::{Claim, Report, next_report};
+use shared::retry::full_jitter;
 use shared::store::StoreError;
 use shared::store::metering::MeteringStore;
 use shared::stripe::meter::{MeterApi, MeterConfig, MeterError};
@@ -55,12 +55,6 @@ pub struct Reporter<S, M> {
     meter: M,
     config: MeterConfig,
     retry_base: Duration,
-}
-
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    let ceiling = base * (1u32 << attempt.min(6));
-    let micros = u64::try_from(ceiling.as_micros()).unwrap_or(u64::MAX);
-    Duration::from_micros(RandomState::new().hash_one(attempt) % (micros + 1))
 }
 
 enum Sent {
@@ -186,7 +180,7 @@ impl<S: MeteringStore, M: MeterApi> Reporter<S, M> {
             tokio::time::sleep(if attempt == 0 {
                 CALL_SPACING
             } else {
-                backoff(self.retry_base, attempt)
+                full_jitter(self.retry_base, attempt)
             })
             .await;
             match self.meter.send(&self.config, customer, claim).await {

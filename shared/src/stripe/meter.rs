@@ -17,6 +17,7 @@ use stripe_billing::billing_meter_event_summary::ListIdBillingMeterEventSummary;
 use stripe_client_core::RequestStrategy;
 
 use super::api::RealStripe;
+use crate::config::{ConfigError, EnvSource, required};
 use crate::metering::Claim;
 
 /// Where the meter is, as configured: its event name and the payload key naming the customer.
@@ -24,6 +25,44 @@ use crate::metering::Claim;
 pub struct MeterConfig {
     pub event_name: String,
     pub customer_key: String,
+}
+
+/// What the meter reporter and the reconciler read from the environment at cold start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeteringEnv {
+    pub table_name: String,
+    /// Id or ARN of the Secrets Manager secret holding the Stripe API key.
+    pub api_key_secret_id: String,
+    /// Where Stripe's API is (the local simulator, in the local stack); Stripe's own by default.
+    pub stripe_api_base: Option<String>,
+    pub meter: MeterConfig,
+}
+
+impl MeteringEnv {
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        Ok(Self {
+            table_name: required(env, "TABLE_NAME")?,
+            api_key_secret_id: required(env, "STRIPE_API_KEY_SECRET_ID")?,
+            stripe_api_base: env.get("STRIPE_API_BASE").filter(|v| !v.trim().is_empty()),
+            meter: MeterConfig {
+                event_name: required(env, "METER_EVENT_NAME")?,
+                customer_key: env
+                    .get("METER_CUSTOMER_KEY")
+                    .filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| "stripe_customer_id".to_owned()),
+            },
+        })
+    }
+
+    /// The Stripe client, with the API key read from Secrets Manager once.
+    pub async fn stripe(&self, aws: &aws_config::SdkConfig) -> anyhow::Result<RealStripe> {
+        let secrets = crate::secrets::load_api_key(
+            &aws_sdk_secretsmanager::Client::new(aws),
+            &self.api_key_secret_id,
+        )
+        .await?;
+        RealStripe::new(&secrets.api_key, self.stripe_api_base.as_deref())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -287,5 +326,39 @@ impl<T: MeterApi + Send + Sync> MeterApi for std::sync::Arc<T> {
         claim: &Claim,
     ) -> impl Future<Output = Result<(), MeterError>> + Send {
         (**self).send(meter, customer_id, claim)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metering_environment_names_what_is_missing_and_defaults_the_customer_key() {
+        let base = [
+            ("TABLE_NAME", "t"),
+            ("STRIPE_API_KEY_SECRET_ID", "s"),
+            ("METER_EVENT_NAME", "llm_overage_units"),
+        ];
+        let env = MeteringEnv::from_env(&base).unwrap();
+        assert_eq!(env.meter.customer_key, "stripe_customer_id");
+        assert_eq!(env.stripe_api_base, None);
+        assert_eq!(
+            MeteringEnv::from_env(&[base[0], base[1]]),
+            Err(ConfigError::Missing("METER_EVENT_NAME"))
+        );
+        let with = [
+            base[0],
+            base[1],
+            base[2],
+            ("METER_CUSTOMER_KEY", "customer"),
+            ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
+        ];
+        let env = MeteringEnv::from_env(&with).unwrap();
+        assert_eq!(env.meter.customer_key, "customer");
+        assert_eq!(
+            env.stripe_api_base.as_deref(),
+            Some("http://127.0.0.1:12111")
+        );
     }
 }

@@ -28,6 +28,37 @@ impl DynamoDbOutboxStore {
     }
 }
 
+impl DynamoDbOutboxStore {
+    /// Updates an entry that exists and is not delivered yet; `false` if it is gone or
+    /// delivered (nothing written).
+    async fn update_pending(
+        &self,
+        id: &NotificationId,
+        expression: &str,
+        values: Vec<(&str, AttributeValue)>,
+        what: &'static str,
+    ) -> Result<bool, StoreError> {
+        let mut update = self
+            .store
+            .client
+            .update_item()
+            .table_name(&self.store.table)
+            .set_key(Some(outbox_key(id)))
+            .update_expression(expression)
+            .condition_expression("attribute_exists(pk) AND #status <> :delivered")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":delivered", s("delivered"));
+        for (name, value) in values {
+            update = update.expression_attribute_values(name, value);
+        }
+        written(
+            update.send().await,
+            |e| e.is_conditional_check_failed_exception(),
+            what,
+        )
+    }
+}
+
 fn outbox_key(id: &NotificationId) -> Item {
     key(format!("OUTBOX#{id}"), "OUTBOX")
 }
@@ -72,25 +103,16 @@ impl OutboxStore for DynamoDbOutboxStore {
     }
 
     async fn mark_event_sent(&self, id: &NotificationId) -> Result<(), StoreError> {
-        let result = self
-            .store
-            .client
-            .update_item()
-            .table_name(&self.store.table)
-            .set_key(Some(outbox_key(id)))
-            .update_expression("SET event_sent = :yes, #status = :pending")
-            .condition_expression("attribute_exists(pk) AND #status <> :delivered")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":yes", AttributeValue::Bool(true))
-            .expression_attribute_values(":pending", s("pending"))
-            .expression_attribute_values(":delivered", s("delivered"))
-            .send()
-            .await;
-        written(
-            result,
-            |e| e.is_conditional_check_failed_exception(),
+        self.update_pending(
+            id,
+            "SET event_sent = :yes, #status = :pending",
+            vec![
+                (":yes", AttributeValue::Bool(true)),
+                (":pending", s("pending")),
+            ],
             "recording the event as sent",
         )
+        .await
         .map(|_| ())
     }
 
@@ -100,49 +122,28 @@ impl OutboxStore for DynamoDbOutboxStore {
         mail: MailOutcome,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let result = self
-            .store
-            .client
-            .update_item()
-            .table_name(&self.store.table)
-            .set_key(Some(outbox_key(id)))
-            .update_expression("SET #status = :delivered, mail = :mail, delivered_at = :now")
-            .condition_expression("attribute_exists(pk) AND #status <> :delivered")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":delivered", s("delivered"))
-            .expression_attribute_values(":mail", s(mail.as_str()))
-            .expression_attribute_values(":now", n(now))
-            .send()
-            .await;
-        written(
-            result,
-            |e| e.is_conditional_check_failed_exception(),
+        self.update_pending(
+            id,
+            "SET #status = :delivered, mail = :mail, delivered_at = :now",
+            vec![(":mail", s(mail.as_str())), (":now", n(now))],
             "marking a notification delivered",
         )
+        .await
     }
 
     async fn note_failure(&self, id: &NotificationId, reason: &str) -> Result<(), StoreError> {
         let reason: String = reason.chars().take(300).collect();
-        let result = self
-            .store
-            .client
-            .update_item()
-            .table_name(&self.store.table)
-            .set_key(Some(outbox_key(id)))
-            .update_expression("SET #status = :pending, last_error = :why ADD attempts :one")
-            .condition_expression("attribute_exists(pk) AND #status <> :delivered")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":pending", s("pending"))
-            .expression_attribute_values(":delivered", s("delivered"))
-            .expression_attribute_values(":why", s(reason))
-            .expression_attribute_values(":one", n(1))
-            .send()
-            .await;
-        written(
-            result,
-            |e| e.is_conditional_check_failed_exception(),
+        self.update_pending(
+            id,
+            "SET #status = :pending, last_error = :why ADD attempts :one",
+            vec![
+                (":pending", s("pending")),
+                (":why", s(reason)),
+                (":one", n(1)),
+            ],
             "recording a failed delivery",
         )
+        .await
         .map(|_| ())
     }
 }
