@@ -1,5 +1,6 @@
 //! `GET /v1/accounts/{account_id}`, `GET /v1/accounts/{account_id}/invoices` (from the state
-//! the processor writes) and `GET /v1/accounts/{account_id}/usage` (the usage function's
+//! the processor writes; newest period first, paginated as Stripe's lists are: `limit`,
+//! `starting_after`, `has_more`) and `GET /v1/accounts/{account_id}/usage` (the usage function's
 //! per-period, per-model totals). IAM-authorised at the gateway; this code trusts the route.
 
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
@@ -47,18 +48,49 @@ impl<S: BillingStore, U: UsageStore> ApiHandler<S, U> {
             }
         };
         let result = match route {
-            "GET /v1/accounts/{account_id}" => self.store.account(&account).await.map(|view| self.account_json(&account, view)),
-            "GET /v1/accounts/{account_id}/invoices" => self
+            "GET /v1/accounts/{account_id}" => self
                 .store
-                .invoices(&account)
+                .account(&account)
                 .await
-                .map(|invoices| json!({ "object": "list", "data": invoices.iter().map(invoice_json).collect::<Vec<_>>() })),
+                .map(|view| self.account_json(&account, view)),
+            "GET /v1/accounts/{account_id}/invoices" => {
+                let page = match PageRequest::from_query(request) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return respond(
+                            400,
+                            json!({ "error": { "code": "invalid_request", "message": e } }),
+                        );
+                    }
+                };
+                match self.store.invoices(&account).await {
+                    Ok(invoices) => match page.of(&invoices, |i| i.record.invoice_id.as_str()) {
+                        Ok((data, has_more)) => Ok(json!({
+                            "object": "list",
+                            "data": data.iter().map(invoice_json).collect::<Vec<_>>(),
+                            "has_more": has_more,
+                        })),
+                        Err(e) => {
+                            return respond(
+                                400,
+                                json!({ "error": { "code": "invalid_request", "message": e } }),
+                            );
+                        }
+                    },
+                    Err(e) => Err(e),
+                }
+            }
             "GET /v1/accounts/{account_id}/usage" => self
                 .usage
                 .totals(&account)
                 .await
                 .map(|totals| usage_json(&account, &totals)),
-            _ => return respond(404, json!({ "error": { "code": "not_found", "message": "no such route" } })),
+            _ => {
+                return respond(
+                    404,
+                    json!({ "error": { "code": "not_found", "message": "no such route" } }),
+                );
+            }
         };
         match result {
             Ok(body) => respond(200, body),
@@ -102,6 +134,64 @@ impl<S: BillingStore, U: UsageStore> ApiHandler<S, U> {
                 "cancel_at_period_end": s.cancel_at_period_end,
             })),
         })
+    }
+}
+
+/// A page of a list, as Stripe's list endpoints take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PageRequest {
+    /// 1 to 100 (default 10).
+    pub limit: usize,
+    /// The id of the last item of the previous page.
+    pub starting_after: Option<String>,
+}
+
+impl PageRequest {
+    pub fn from_query(request: &ApiGatewayV2httpRequest) -> Result<Self, String> {
+        let q = &request.query_string_parameters;
+        let limit = match q.first("limit") {
+            None => 10,
+            Some(raw) => match raw.parse::<usize>() {
+                Ok(n) if (1..=100).contains(&n) => n,
+                _ => {
+                    return Err(format!(
+                        "limit must be a whole number from 1 to 100, not {raw:?}"
+                    ));
+                }
+            },
+        };
+        let starting_after = q.first("starting_after").map(str::to_owned);
+        if starting_after
+            .as_ref()
+            .is_some_and(|s| s.is_empty() || s.len() > 255)
+        {
+            return Err("starting_after must be the id of an item of the previous page".into());
+        }
+        Ok(Self {
+            limit,
+            starting_after,
+        })
+    }
+
+    /// The page of `items` (in list order) after `starting_after`, and whether more follow.
+    pub fn of<'a, T>(
+        &self,
+        items: &'a [T],
+        id: impl Fn(&T) -> &str,
+    ) -> Result<(&'a [T], bool), String> {
+        let from = match &self.starting_after {
+            None => 0,
+            Some(after) => match items.iter().position(|i| id(i) == after) {
+                Some(at) => at + 1,
+                None => {
+                    return Err(format!(
+                        "starting_after names no item of this list: {after:?}"
+                    ));
+                }
+            },
+        };
+        let to = (from + self.limit).min(items.len());
+        Ok((&items[from..to], to < items.len()))
     }
 }
 

@@ -172,3 +172,94 @@ async fn usage_shows_each_period_and_model_with_the_buckets_that_paid() {
     );
     assert_eq!(mini["tokens"]["input"], 99_995);
 }
+
+#[tokio::test]
+async fn invoices_come_newest_first_in_pages_with_stripes_cursor() {
+    let h = handler();
+    for n in 1..=5i64 {
+        let record = EventRecord {
+            event_id: StripeEventId::parse(&format!("evt_page_{n}")).unwrap(),
+            event_type: "invoice.finalized".into(),
+            created: 1_767_225_600 + n,
+            account: Some(AccountId::parse("acct_demo_1").unwrap()),
+            processed_at: 1_767_225_600 + n,
+        };
+        let invoice = InvoiceRecord {
+            invoice_id: format!("in_{n}"),
+            number: Some(format!("SIM-000{n}")),
+            status: "open".into(),
+            amount_due: 4900,
+            amount_paid: 0,
+            amount_remaining: 4900,
+            currency: "usd".into(),
+            hosted_invoice_url: Some(format!("https://invoice.stripe.com/i/in_{n}")),
+            invoice_pdf: Some(format!("https://pay.stripe.com/invoice/in_{n}/pdf")),
+            period_start: 1_767_225_600 + n * 2_592_000,
+            period_end: 1_767_225_600 + (n + 1) * 2_592_000,
+            subscription_id: Some("sub_1".into()),
+        };
+        let writes = vec![Write::Invoice(invoice, DunningChange::None)];
+        h.store()
+            .apply(&record, "applied", &writes, WriteMode::Newer)
+            .await
+            .unwrap();
+    }
+    let page = |query: &[(&str, &str)]| {
+        let mut req = sample();
+        req.route_key = Some("GET /v1/accounts/{account_id}/invoices".into());
+        req.query_string_parameters = query
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<std::collections::HashMap<_, _>>()
+            .into();
+        req
+    };
+    let ids = |body: &serde_json::Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    let (status, first) = call(&h, page(&[("limit", "2")])).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&first), ["in_5", "in_4"]);
+    assert_eq!(first["has_more"], true);
+    assert_eq!(
+        first["data"][0]["hosted_invoice_url"],
+        "https://invoice.stripe.com/i/in_5"
+    );
+    assert_eq!(
+        first["data"][0]["invoice_pdf"],
+        "https://pay.stripe.com/invoice/in_5/pdf"
+    );
+    let (_, second) = call(&h, page(&[("limit", "2"), ("starting_after", "in_4")])).await;
+    assert_eq!(
+        (ids(&second), second["has_more"].as_bool()),
+        (vec!["in_3".to_owned(), "in_2".to_owned()], Some(true))
+    );
+    let (_, last) = call(&h, page(&[("limit", "2"), ("starting_after", "in_2")])).await;
+    assert_eq!(
+        (ids(&last), last["has_more"].as_bool()),
+        (vec!["in_1".to_owned()], Some(false))
+    );
+    let (_, all) = call(&h, page(&[])).await;
+    assert_eq!(ids(&all).len(), 5);
+    assert_eq!(all["has_more"], false);
+
+    for bad in [
+        &[("limit", "0")][..],
+        &[("limit", "101")],
+        &[("limit", "ten")],
+        &[("starting_after", "in_404")],
+    ] {
+        let (status, body) = call(&h, page(bad)).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{bad:?}"
+        );
+    }
+}
