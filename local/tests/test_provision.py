@@ -136,8 +136,9 @@ def test_the_secret_holds_the_local_keys(provisioned):
 
 
 def test_each_function_reads_only_the_secret_it_uses():
-    """The internet-facing webhook may read the signing secrets and never the API key; the
-    processor the API key and never the signing secrets; the API neither."""
+    """The internet-facing webhook may read the signing secrets and never the API key; every
+    function that calls Stripe the API key and never the signing secrets; the usage function and
+    the notifier neither."""
     doc = load()
 
     def secrets_of(fn: str) -> set[str]:
@@ -149,7 +150,10 @@ def test_each_function_reads_only_the_secret_it_uses():
 
     assert secrets_of("WebhookFunction") == {"StripeWebhookSecret"}
     assert secrets_of("ProcessorFunction") == {"StripeApiKeySecret"}
-    assert secrets_of("ApiFunction") == set()
+    for fn in ("ApiFunction", "ReporterFunction", "ReconcilerFunction"):
+        assert secrets_of(fn) == {"StripeApiKeySecret"}, fn
+    assert secrets_of("UsageFunction") == set()
+    assert secrets_of("NotifierFunction") == set()
     assert "STRIPE_SECRET_ID" not in str(doc.get("Globals", {}))
 
 

@@ -1,33 +1,44 @@
 //! `GET /v1/accounts/{account_id}`, `GET /v1/accounts/{account_id}/invoices` (from the state
 //! the processor writes; newest period first, paginated as Stripe's lists are: `limit`,
 //! `starting_after`, `has_more`) and `GET /v1/accounts/{account_id}/usage` (the usage function's
-//! per-period, per-model totals). IAM-authorised at the gateway; this code trusts the route.
+//! per-period, per-model totals), and `POST /v1/accounts/{account_id}/portal` (a Stripe
+//! customer portal session for the account's customer). IAM-authorised at the gateway; this code
+//! trusts the route.
 
+use base64::Engine;
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 use shared::catalog::Catalog;
 use shared::ids::AccountId;
 use shared::store::usage::{ModelTotals, UsageStore};
 use shared::store::{AccountView, BillingStore, InvoiceView};
-use tracing::error;
+use shared::stripe::portal::{PortalApi, PortalError};
+use tracing::{error, info, warn};
 
-pub struct ApiHandler<S, U> {
+pub struct ApiHandler<S, U, P> {
     store: S,
     usage: U,
+    portal: P,
     catalog: Catalog,
 }
 
-impl<S: BillingStore, U: UsageStore> ApiHandler<S, U> {
-    pub fn new(store: S, usage: U, catalog: Catalog) -> Self {
+impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
+    pub fn new(store: S, usage: U, portal: P, catalog: Catalog) -> Self {
         Self {
             store,
             usage,
+            portal,
             catalog,
         }
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    pub fn portal(&self) -> &P {
+        &self.portal
     }
 
     pub async fn handle(&self, request: &ApiGatewayV2httpRequest) -> ApiGatewayV2httpResponse {
@@ -85,6 +96,9 @@ impl<S: BillingStore, U: UsageStore> ApiHandler<S, U> {
                 .totals(&account)
                 .await
                 .map(|totals| usage_json(&account, &totals)),
+            "POST /v1/accounts/{account_id}/portal" => {
+                return self.portal_session(&account, request).await;
+            }
             _ => {
                 return respond(
                     404,
@@ -99,6 +113,75 @@ impl<S: BillingStore, U: UsageStore> ApiHandler<S, U> {
                 respond(
                     503,
                     json!({ "error": { "code": "unavailable", "message": "try again" } }),
+                )
+            }
+        }
+    }
+
+    /// A portal session for the account's Stripe customer, returning to the app's `return_url`.
+    async fn portal_session(
+        &self,
+        account: &AccountId,
+        request: &ApiGatewayV2httpRequest,
+    ) -> ApiGatewayV2httpResponse {
+        let invalid = |code: &str, message: String| {
+            respond(
+                400,
+                json!({ "error": { "code": code, "message": message } }),
+            )
+        };
+        let body = match json_body(request) {
+            Ok(b) => b,
+            Err(e) => return invalid("invalid_body", e),
+        };
+        let return_url = match body.get("return_url").and_then(Value::as_str) {
+            None => return invalid("invalid_return_url", "return_url is required".into()),
+            Some(url) => match check_url("return_url", url) {
+                Ok(()) => url.to_owned(),
+                Err(e) => return invalid("invalid_return_url", e),
+            },
+        };
+        let key = match idempotency_key(request, account, &return_url) {
+            Ok(k) => k,
+            Err(e) => return invalid("invalid_idempotency_key", e),
+        };
+        let customer = match self.store.account(account).await {
+            Ok(view) => view.and_then(|v| v.customer_id),
+            Err(e) => {
+                error!(account_id = %account, error = %e, "reading the billing table failed");
+                return respond(
+                    503,
+                    json!({ "error": { "code": "unavailable", "message": "try again" } }),
+                );
+            }
+        };
+        let Some(customer) = customer else {
+            return respond(
+                404,
+                json!({ "error": { "code": "no_customer", "message": "the account has no Stripe customer yet: it has never checked out" } }),
+            );
+        };
+        match self
+            .portal
+            .portal_session(&customer, &return_url, &key)
+            .await
+        {
+            Ok(url) => {
+                info!(account_id = %account, "portal session opened");
+                respond(200, json!({ "url": url }))
+            }
+            Err(PortalError::Retryable(why)) => {
+                warn!(account_id = %account, %why, "Stripe did not open a portal session");
+                respond(
+                    503,
+                    json!({ "error": { "code": "stripe_unavailable", "message": "Stripe did not answer; try again with the same Idempotency-Key" } }),
+                )
+            }
+            Err(PortalError::Rejected(why)) => {
+                error!(account_id = %account, %why, "Stripe refused a portal session");
+                respond(
+                    502,
+                    json!({ "error": { "code": "stripe_refused", "message": why } }),
                 )
             }
         }
@@ -135,6 +218,78 @@ impl<S: BillingStore, U: UsageStore> ApiHandler<S, U> {
             })),
         })
     }
+}
+
+/// The request's JSON object body (API Gateway may hand it over base64-encoded).
+fn json_body(request: &ApiGatewayV2httpRequest) -> Result<serde_json::Map<String, Value>, String> {
+    let raw = request.body.as_deref().unwrap_or_default();
+    let bytes = if request.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|_| "the body is not valid base64".to_owned())?
+    } else {
+        raw.as_bytes().to_vec()
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("the body must be a JSON object".into()),
+        Err(e) => Err(format!("the body is not JSON: {e}")),
+    }
+}
+
+/// A URL Stripe will send the customer to: https (or plain http on this machine, for local
+/// development), at most 2,048 characters, no spaces or quotes.
+fn check_url(field: &str, url: &str) -> Result<(), String> {
+    let local = url.starts_with("http://localhost") || url.starts_with("http://127.0.0.1");
+    if !(url.starts_with("https://") || local) {
+        return Err(format!("{field} must be an https URL"));
+    }
+    if url.len() > 2048
+        || url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>')
+    {
+        return Err(format!("{field} is not a valid URL"));
+    }
+    let host = url.split_once("://").map(|x| x.1).unwrap_or_default();
+    if host.is_empty() || host.starts_with('/') {
+        return Err(format!("{field} has no host"));
+    }
+    Ok(())
+}
+
+/// The Stripe `Idempotency-Key` for the request: derived from the app's own `Idempotency-Key`
+/// header when it sends one, else from the account, the return URL and the minute of the
+/// request, so that a retry of the same request opens the same session while a later visit gets
+/// a fresh one (portal sessions are short-lived).
+fn idempotency_key(
+    request: &ApiGatewayV2httpRequest,
+    account: &AccountId,
+    return_url: &str,
+) -> Result<String, String> {
+    if let Some(given) = request.headers.get("idempotency-key") {
+        let given = given
+            .to_str()
+            .map_err(|_| "Idempotency-Key must be printable ASCII".to_owned())?;
+        if given.is_empty() || given.len() > 200 || !given.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("Idempotency-Key must be 1 to 200 printable characters".into());
+        }
+        return Ok(format!("portal:{}", hash(&[account.as_str(), given])));
+    }
+    let minute = request.request_context.time_epoch / 60_000;
+    Ok(format!(
+        "portal:{}",
+        hash(&[account.as_str(), return_url, &minute.to_string()])
+    ))
+}
+
+fn hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
 }
 
 /// A page of a list, as Stripe's list endpoints take it.

@@ -1,10 +1,12 @@
-//! Wiring only: telemetry, configuration, catalog, the DynamoDB client, then the runtime loop.
+//! Wiring only: telemetry, configuration, catalog, the DynamoDB and Stripe clients, then the
+//! runtime loop.
 
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use shared::catalog::Catalog;
-use shared::config::{ProcessEnv, required};
+use shared::config::{EnvSource, ProcessEnv, required};
 use shared::store::{DynamoDbBillingStore, DynamoDbUsageStore};
+use shared::stripe::api::RealStripe;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Error> {
@@ -12,10 +14,23 @@ async fn main() -> Result<(), Error> {
     let table = required(&ProcessEnv, "TABLE_NAME")?;
     let catalog = Catalog::embedded()?;
     let aws = shared::aws::sdk_config().await;
+    let secrets = shared::secrets::load_api_key(
+        &aws_sdk_secretsmanager::Client::new(&aws),
+        &required(&ProcessEnv, "STRIPE_API_KEY_SECRET_ID")?,
+    )
+    .await?;
+    let stripe = RealStripe::new(
+        &secrets.api_key,
+        ProcessEnv
+            .get("STRIPE_API_BASE")
+            .filter(|v| !v.trim().is_empty())
+            .as_deref(),
+    )?;
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
     let handler = api::handler::ApiHandler::new(
         DynamoDbBillingStore::new(dynamodb.clone(), &table),
         DynamoDbUsageStore::new(dynamodb, table),
+        stripe,
         catalog,
     );
     let handler = &handler;

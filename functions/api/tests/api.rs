@@ -11,9 +11,10 @@ use shared::ids::{AccountId, StripeEventId};
 use shared::store::{
     BillingStore, EventRecord, InMemoryBillingStore, InMemoryUsageStore, WriteMode,
 };
+use shared::stripe::portal::{FakePortal, PortalError};
 use std::sync::Arc;
 
-type Api = ApiHandler<InMemoryBillingStore, Arc<InMemoryUsageStore>>;
+type Api = ApiHandler<InMemoryBillingStore, Arc<InMemoryUsageStore>, FakePortal>;
 
 fn sample() -> ApiGatewayV2httpRequest {
     serde_json::from_str(include_str!("../../../events/api.json")).unwrap()
@@ -36,6 +37,7 @@ fn with_usage(usage: Arc<InMemoryUsageStore>) -> Api {
     ApiHandler::new(
         InMemoryBillingStore::new(),
         usage,
+        FakePortal::default(),
         Catalog::embedded().unwrap(),
     )
 }
@@ -262,4 +264,151 @@ async fn invoices_come_newest_first_in_pages_with_stripes_cursor() {
             "{bad:?}"
         );
     }
+}
+
+fn portal_request(body: &str) -> ApiGatewayV2httpRequest {
+    let mut req = sample();
+    req.route_key = Some("POST /v1/accounts/{account_id}/portal".into());
+    req.http_method = lambda_http::http::Method::POST;
+    req.body = Some(body.into());
+    req
+}
+
+async fn with_customer(h: &Api) {
+    let record = EventRecord {
+        event_id: StripeEventId::parse("evt_customer").unwrap(),
+        event_type: "checkout.session.completed".into(),
+        created: 10,
+        account: Some(AccountId::parse("acct_demo_1").unwrap()),
+        processed_at: 10,
+    };
+    let writes = [Write::AccountCustomer {
+        customer_id: "cus_portal".into(),
+        email: None,
+    }];
+    h.store()
+        .apply(&record, "applied", &writes, WriteMode::Newer)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_portal_opens_for_the_accounts_customer_once_per_request() {
+    let h = handler();
+    with_customer(&h).await;
+    let body = r#"{"return_url":"https://app.example.com/billing"}"#;
+    let (status, first) = call(&h, portal_request(body)).await;
+    assert_eq!(status, 200, "{first}");
+    assert!(
+        first["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://billing.stripe.com/")
+    );
+    // The same request again (a retry within the minute) carries the same key: one session.
+    let (_, again) = call(&h, portal_request(body)).await;
+    assert_eq!(again["url"], first["url"]);
+    let calls = h.portal().calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    assert_eq!(
+        (calls[0].0.as_str(), calls[0].1.as_str()),
+        ("cus_portal", "https://app.example.com/billing")
+    );
+    assert_eq!(calls[0].2, calls[1].2);
+    assert!(calls[0].2.starts_with("portal:"));
+
+    // A later visit gets a fresh key; so does an app-chosen Idempotency-Key.
+    let mut later = portal_request(body);
+    later.request_context.time_epoch += 60_000;
+    call(&h, later).await;
+    let mut keyed = portal_request(body);
+    keyed
+        .headers
+        .insert("idempotency-key", "visit-42".parse().unwrap());
+    call(&h, keyed).await;
+    let keys: Vec<String> = h
+        .portal()
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| c.2.clone())
+        .collect();
+    assert_eq!(keys.len(), 4);
+    assert_ne!(keys[2], keys[0]);
+    assert_ne!(keys[3], keys[0]);
+    assert_ne!(keys[3], keys[2]);
+}
+
+#[tokio::test]
+async fn the_portal_refuses_what_it_cannot_open_and_says_why() {
+    let h = handler();
+    // No customer yet: nothing to open a portal for.
+    let (status, body) = call(
+        &h,
+        portal_request(r#"{"return_url":"https://app.example.com"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("no_customer"))
+    );
+
+    with_customer(&h).await;
+    for (body, code) in [
+        ("", "invalid_body"),
+        ("[1]", "invalid_body"),
+        ("{}", "invalid_return_url"),
+        (
+            r#"{"return_url":"javascript:alert(1)"}"#,
+            "invalid_return_url",
+        ),
+        (
+            r#"{"return_url":"http://evil.example.com"}"#,
+            "invalid_return_url",
+        ),
+        (r#"{"return_url":"https://"}"#, "invalid_return_url"),
+        (
+            r#"{"return_url":"https://a.example.com/x y"}"#,
+            "invalid_return_url",
+        ),
+    ] {
+        let (status, answer) = call(&h, portal_request(body)).await;
+        assert_eq!(
+            (status, answer["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{body}"
+        );
+    }
+    let mut bad_key = portal_request(r#"{"return_url":"https://app.example.com"}"#);
+    bad_key
+        .headers
+        .insert("idempotency-key", "".parse().unwrap());
+    assert_eq!(call(&h, bad_key).await.0, 400);
+    assert!(
+        h.portal().calls.lock().unwrap().is_empty(),
+        "nothing reached Stripe"
+    );
+
+    *h.portal().fail_next.lock().unwrap() = Some(PortalError::Retryable("503".into()));
+    let (status, body) = call(
+        &h,
+        portal_request(r#"{"return_url":"https://app.example.com"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("stripe_unavailable"))
+    );
+    *h.portal().fail_next.lock().unwrap() =
+        Some(PortalError::Rejected("400: No such customer".into()));
+    let (status, body) = call(
+        &h,
+        portal_request(r#"{"return_url":"https://app.example.com"}"#),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("stripe_refused"))
+    );
 }

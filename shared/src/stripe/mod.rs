@@ -4,6 +4,7 @@ pub mod api;
 pub mod envelope;
 pub mod meter;
 pub mod objects;
+pub mod portal;
 pub mod signature;
 
 pub use envelope::{EnvelopeError, EventEnvelope};
