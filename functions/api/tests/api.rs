@@ -269,7 +269,7 @@ async fn invoices_come_newest_first_in_pages_with_stripes_cursor() {
 fn portal_request(body: &str) -> ApiGatewayV2httpRequest {
     let mut req = sample();
     req.route_key = Some("POST /v1/accounts/{account_id}/portal".into());
-    req.http_method = lambda_http::http::Method::POST;
+    req.request_context.http.method = lambda_http::http::Method::POST;
     req.body = Some(body.into());
     req
 }
