@@ -2,6 +2,7 @@
 //! credits are granted and clawed back, how a failed payment opens a dunning case.
 
 pub mod credits;
+pub mod dunning;
 pub mod effects;
 pub mod ordering;
 pub mod subscription;
