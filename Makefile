@@ -103,7 +103,7 @@ clean:
 	-$(PY) local/stack.py down
 	rm -rf .local .aws-sam
 
-# Operator commands against the local stack (see README, "Operations", for a deployed stack).
+# Operator commands against the local stack (see README, "Operating it", for a deployed stack).
 SINCE ?= $(shell date -u -d "3 days ago" +%F)
 replay: venv
 	@test -f .local/env || { echo "start the local stack first: make up"; exit 1; }
