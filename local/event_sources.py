@@ -96,6 +96,7 @@ class StreamPoller:
         self.stopping = stopping
         self.retry_seconds = float(os.environ.get("LOCAL_STREAM_RETRY_SECONDS", "1"))
         self.iterators: dict[str, str | None] = {}  # shard id -> next iterator (None: shard closed and read)
+        self.last_sequence: dict[str, str] = {}  # shard id -> last record handed over
         for f in source.filters:
             check_filter(f)
         self.stream_arn = ddb.describe_table(TableName=table_name)["Table"]["LatestStreamArn"]
@@ -137,14 +138,25 @@ class StreamPoller:
             it = self.iterators[sid]
             if it is None:
                 continue
-            out = self.streams.get_records(ShardIterator=it, Limit=1000)
-            self.iterators[sid] = out.get("NextShardIterator")
+            try:
+                out = self.streams.get_records(ShardIterator=it, Limit=1000)
+            except self.streams.exceptions.ExpiredIteratorException:
+                # Iterators expire after 15 minutes: resume after the last record handed over.
+                last = self.last_sequence.get(sid)
+                args = {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": last} if last else {"ShardIteratorType": "TRIM_HORIZON"}
+                self.iterators[sid] = self.streams.get_shard_iterator(StreamArn=self.stream_arn, ShardId=sid, **args)["ShardIterator"]
+                continue
             records = [lambda_record(r, self.stream_arn) for r in out.get("Records", [])]
             if records:
                 got_any = True
             wanted = [r for r in records if not self.source.filters or any(matches(f, r) for f in self.source.filters)]
             for i in range(0, len(wanted), self.source.batch_size):
                 self.deliver(wanted[i:i + self.source.batch_size], sid)
+            # Only once every batch of the read is handed over (or parked): if delivering
+            # raised, the next poll reads the same records again, as Lambda would.
+            if records:
+                self.last_sequence[sid] = records[-1]["dynamodb"]["SequenceNumber"]
+            self.iterators[sid] = out.get("NextShardIterator")
         return got_any
 
     def deliver(self, batch: list[dict], shard_id: str, attempts: int = 0) -> None:

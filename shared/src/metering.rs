@@ -94,6 +94,16 @@ fn timestamp(period: Period, now: i64) -> i64 {
     now.clamp(from, to - 1)
 }
 
+/// Stripe finalises a subscription's renewal invoice about an hour after the period ends and
+/// bills the meter's events of the period that reach it before then. A claim confirmed later than
+/// this after its period ended is on the meter but, most likely, on no invoice.
+pub const INVOICE_FINALIZE_SECS: i64 = 3_600;
+
+/// Whether units confirmed at `now` for `period` arrived after its invoice was finalised.
+pub fn after_invoice(period: Period, now: i64) -> bool {
+    now >= period.end + INVOICE_FINALIZE_SECS
+}
+
 /// How long after a period ends its figures are compared: the reporter (every minute) has sent
 /// the period's last overage well before.
 pub const SETTLE_SECS: i64 = 3_600;

@@ -174,7 +174,7 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
                 warn!(account_id = %account, %why, "Stripe did not open a portal session");
                 respond(
                     503,
-                    json!({ "error": { "code": "stripe_unavailable", "message": "Stripe did not answer; try again with the same Idempotency-Key" } }),
+                    json!({ "error": { "code": "stripe_unavailable", "message": "Stripe did not answer; try again" } }),
                 )
             }
             Err(PortalError::Rejected(why)) => {
@@ -237,25 +237,9 @@ fn json_body(request: &ApiGatewayV2httpRequest) -> Result<serde_json::Map<String
     }
 }
 
-/// A URL Stripe will send the customer to: https (or plain http on this machine, for local
-/// development), at most 2,048 characters, no spaces or quotes.
+/// A URL Stripe will send the customer to (`shared::http::check_link`).
 fn check_url(field: &str, url: &str) -> Result<(), String> {
-    let local = url.starts_with("http://localhost") || url.starts_with("http://127.0.0.1");
-    if !(url.starts_with("https://") || local) {
-        return Err(format!("{field} must be an https URL"));
-    }
-    if url.len() > 2048
-        || url
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '<' || c == '>')
-    {
-        return Err(format!("{field} is not a valid URL"));
-    }
-    let host = url.split_once("://").map(|x| x.1).unwrap_or_default();
-    if host.is_empty() || host.starts_with('/') {
-        return Err(format!("{field} has no host"));
-    }
-    Ok(())
+    shared::http::check_link(url).map_err(|why| format!("{field} {why}"))
 }
 
 /// The Stripe `Idempotency-Key` for the request: derived from the app's own `Idempotency-Key`

@@ -3,7 +3,8 @@
 use std::future::Future;
 use std::sync::Mutex;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
+use aws_sdk_sesv2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sesv2::types::{Body, Content, Destination, EmailContent, Message};
 use shared::notifications::Email;
 
@@ -47,8 +48,21 @@ impl Mailer for RealMailer {
             .content(EmailContent::builder().simple(message).build())
             .send()
             .await
-            .context("sending the email")?;
+            // SES's messages can quote the addresses (a sandbox refusal names them): only the
+            // error's code goes on, into logs and the entry's `last_error`.
+            .map_err(|e| anyhow!("SES did not send the email: {}", ses_error_code(&e)))?;
         Ok(())
+    }
+}
+
+fn ses_error_code<E: ProvideErrorMetadata, R>(e: &SdkError<E, R>) -> String {
+    match e {
+        SdkError::ServiceError(s) => s.err().code().unwrap_or("unknown service error").to_owned(),
+        SdkError::TimeoutError(_) => "timeout".into(),
+        SdkError::DispatchFailure(_) => "dispatch failure".into(),
+        SdkError::ResponseError(_) => "unreadable response".into(),
+        SdkError::ConstructionFailure(_) => "request not built".into(),
+        _ => "unknown".into(),
     }
 }
 

@@ -46,11 +46,13 @@ pub struct RunSummary {
     pub no_customer: usize,
     /// Periods left for the next run (Stripe kept failing, or the deadline came).
     pub left: usize,
+    /// Periods whose summary Stripe refused (a deleted customer, say): each needs a person.
+    pub refused: usize,
 }
 
 impl RunSummary {
     pub fn needs_attention(&self) -> bool {
-        !self.differences.is_empty() || self.no_customer > 0
+        !self.differences.is_empty() || self.no_customer > 0 || self.refused > 0
     }
 }
 
@@ -122,7 +124,7 @@ impl<S: MeteringStore, M: MeterReadApi> Reconciler<S, M> {
                 Some(id) => id.clone(),
                 None => {
                     let found = self
-                        .read(|| self.meter.find_meter(&self.config.event_name))
+                        .read(deadline, || self.meter.find_meter(&self.config.event_name))
                         .await?
                         .ok_or_else(|| RunError::NoMeter(self.config.event_name.clone()))?;
                     meter_id = Some(found.clone());
@@ -131,13 +133,21 @@ impl<S: MeteringStore, M: MeterReadApi> Reconciler<S, M> {
             };
             let (from, to) = summary_window(p.period);
             let stripe = match self
-                .read(|| self.meter.total(&id, customer, from, to))
+                .read(deadline, || self.meter.total(&id, customer, from, to))
                 .await
             {
                 Ok(total) => total,
                 Err(RunError::Stripe(MeterError::Retryable(why))) => {
                     warn!(account_id = %account, period_start = start, %why, "Stripe's meter summary unavailable; next run");
                     summary.left += 1;
+                    continue;
+                }
+                // Refused for this customer (deleted in Stripe, say): this period needs a
+                // person, the others are still compared.
+                Err(RunError::Stripe(MeterError::Rejected(why))) => {
+                    error!(alarm = true, account_id = %account, period_start = start, customer_id = customer, %why,
+                        "Stripe refused the meter summary of a closed period");
+                    summary.refused += 1;
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -149,34 +159,42 @@ impl<S: MeteringStore, M: MeterReadApi> Reconciler<S, M> {
                 in_flight: false,
                 stripe,
             };
-            match reconcile(figures) {
-                Reconciled::Agrees => {
-                    summary.agreed += 1;
-                    self.store
-                        .mark_reconciled(&account, start, &figures, true, now)
-                        .await?;
-                }
-                Reconciled::Unsettled => summary.not_yet += 1,
-                Reconciled::Differs => {
-                    error!(
-                        alarm = true,
-                        account_id = %account,
-                        period_start = p.period.start,
-                        period_end = p.period.end,
-                        recorded = figures.recorded,
-                        reported = figures.reported,
-                        stripe = figures.stripe,
-                        "metered overage does not reconcile with Stripe"
-                    );
-                    self.store
-                        .mark_reconciled(&account, start, &figures, false, now)
-                        .await?;
-                    summary.differences.push(Difference {
-                        account: account.clone(),
-                        period: p.period,
-                        figures,
-                    });
-                }
+            let verdict = reconcile(figures);
+            if verdict == Reconciled::Unsettled {
+                summary.not_yet += 1;
+                continue;
+            }
+            let agrees = verdict == Reconciled::Agrees;
+            // Recorded only if the report is still as read: a claim the reporter made meanwhile
+            // (late overage) makes these figures stale, and the next run compares afresh.
+            if !self
+                .store
+                .mark_reconciled(&account, start, &figures, agrees, now)
+                .await?
+            {
+                info!(account_id = %account, period_start = start, "the period's report moved while it was compared; next run");
+                summary.checked -= 1;
+                summary.not_yet += 1;
+                continue;
+            }
+            if agrees {
+                summary.agreed += 1;
+            } else {
+                error!(
+                    alarm = true,
+                    account_id = %account,
+                    period_start = p.period.start,
+                    period_end = p.period.end,
+                    recorded = figures.recorded,
+                    reported = figures.reported,
+                    stripe = figures.stripe,
+                    "metered overage does not reconcile with Stripe"
+                );
+                summary.differences.push(Difference {
+                    account: account.clone(),
+                    period: p.period,
+                    figures,
+                });
             }
         }
         info!(
@@ -190,17 +208,33 @@ impl<S: MeteringStore, M: MeterReadApi> Reconciler<S, M> {
         Ok(summary)
     }
 
-    /// One Stripe read, retried on 429 and 5xx with backoff and jitter.
-    async fn read<T, F, Fut>(&self, call: F) -> Result<T, RunError>
+    /// One Stripe read, retried on 429 and 5xx with backoff and jitter while the run's deadline
+    /// leaves room for another attempt.
+    async fn read<T, F, Fut>(&self, deadline: Instant, call: F) -> Result<T, RunError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, MeterError>>,
     {
         let mut attempt = 0;
         loop {
-            match call().await {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = match tokio::time::timeout(
+                left.saturating_sub(DEADLINE_MARGIN / 2),
+                call(),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(MeterError::Retryable(
+                    "the run's deadline came first".into(),
+                )),
+            };
+            let room =
+                Instant::now() + DEADLINE_MARGIN + self.retry_base * (1 << (attempt + 1).min(6))
+                    < deadline;
+            match result {
                 Ok(v) => return Ok(v),
-                Err(MeterError::Retryable(why)) if attempt + 1 < ATTEMPTS => {
+                Err(MeterError::Retryable(why)) if attempt + 1 < ATTEMPTS && room => {
                     attempt += 1;
                     warn!(attempt, %why, "Stripe read not answered; retrying");
                     tokio::time::sleep(full_jitter(self.retry_base, attempt)).await;

@@ -172,3 +172,55 @@ async fn overage_recorded_but_never_reported_is_a_difference() {
     let f = summary.differences[0].figures;
     assert_eq!((f.recorded, f.reported, f.stripe), (15, 10, 10));
 }
+
+#[tokio::test]
+async fn a_summary_stripe_refuses_is_flagged_and_the_other_periods_are_still_compared() {
+    let (s, period) = Setup::new("reconcile-refused", 3).await;
+    s.meter.fail_next(
+        1,
+        shared::stripe::meter::MeterError::Rejected("404: No such customer".into()),
+    );
+    let summary = s
+        .reconciler()
+        .run(period.end + SETTLE_SECS, far())
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.refused, summary.checked, summary.agreed),
+        (1, 2, 2)
+    );
+    assert!(summary.needs_attention());
+    // The refused one stays due; the next run compares it.
+    assert_eq!(s.store().reconcile_due().await.unwrap().len(), 1);
+    let next = s
+        .reconciler()
+        .run(period.end + SETTLE_SECS + 86_400, far())
+        .await
+        .unwrap();
+    assert_eq!((next.refused, next.agreed), (0, 1));
+}
+
+#[tokio::test]
+async fn figures_read_before_the_reporter_moved_the_report_are_not_recorded() {
+    let (s, period) = Setup::new("reconcile-stale", 1).await;
+    let account = shared::ids::AccountId::parse("acct_0").unwrap();
+    let stale = shared::metering::PeriodFigures {
+        recorded: 10,
+        reported: 9,
+        in_flight: false,
+        stripe: 9,
+    };
+    let written = s
+        .store()
+        .mark_reconciled(
+            &account,
+            period.start,
+            &stale,
+            false,
+            period.end + SETTLE_SECS,
+        )
+        .await
+        .unwrap();
+    assert!(!written, "the report's confirmed total is 10, not 9");
+    assert_eq!(s.store().reconcile_due().await.unwrap().len(), 1);
+}

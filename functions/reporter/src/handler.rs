@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use shared::ids::AccountId;
-use shared::metering::{Claim, Report, next_report};
+use shared::metering::{Claim, Report, after_invoice, next_report};
 use shared::retry::full_jitter;
 use shared::store::StoreError;
 use shared::store::metering::MeteringStore;
@@ -38,6 +38,8 @@ pub struct RunSummary {
     /// Events Stripe refused, and periods too old to report: each needs a person.
     pub refused: usize,
     pub too_late: usize,
+    /// Claims confirmed after their period's invoice was finalised (on the meter, not billed).
+    pub after_invoice: usize,
     /// Accounts with overage but no Stripe customer to bill.
     pub no_customer: usize,
     pub cleared: usize,
@@ -46,7 +48,7 @@ pub struct RunSummary {
 impl RunSummary {
     /// Whether someone must look: the invocation then fails, which raises the errors alarm.
     pub fn needs_attention(&self) -> bool {
-        self.refused + self.too_late + self.no_customer > 0
+        self.refused + self.too_late + self.no_customer + self.after_invoice > 0
     }
 }
 
@@ -147,6 +149,12 @@ impl<S: MeteringStore, M: MeterApi> Reporter<S, M> {
             match self.send(account, p.period, customer, &claim).await? {
                 Sent::Confirmed => {
                     summary.confirmed += 1;
+                    if after_invoice(p.period, now) {
+                        error!(account_id = %account, period_start = p.period.start, period_end = p.period.end,
+                            units = claim.value, identifier = %claim.identifier, alarm = true,
+                            "overage reached the meter after its period's invoice was finalised: bill these units by hand");
+                        summary.after_invoice += 1;
+                    }
                     if p.state.confirmed + claim.value < p.overage {
                         done = false;
                     }

@@ -223,3 +223,38 @@ async fn a_refused_event_and_an_account_without_customer_need_attention() {
     let summary = s.reporter(meter.clone()).run(NOW, far()).await.unwrap();
     assert_eq!((summary.no_customer, summary.cleared), (1, 0));
 }
+
+#[tokio::test]
+async fn overage_confirmed_after_the_periods_invoice_was_finalised_needs_a_person() {
+    let s = setup("reporter-after-invoice", 1).await;
+    s.track(0, "a", 12).await;
+    let period_end = s
+        .usage
+        .handle(&json!({"action":"balance","account_id":"acct_0"}), NOW)
+        .await
+        .unwrap()["period_end"]
+        .as_i64()
+        .unwrap();
+    let meter = Arc::new(FakeMeter::default());
+    // Within minutes of the period's end: on time for its invoice.
+    let on_time = s
+        .reporter(meter.clone())
+        .run(period_end + 120, far())
+        .await
+        .unwrap();
+    assert_eq!((on_time.confirmed, on_time.after_invoice), (1, 0));
+    assert!(!on_time.needs_attention());
+    // Usage of that period reported two hours after it ended (the reporter was down, say).
+    s.usage
+        .handle(&json!({"action":"track","account_id":"acct_0","request_id":"late","model":"unlisted-model","input_tokens":5,"output_tokens":0,"timestamp":period_end - 10}), period_end + 7_200)
+        .await
+        .unwrap();
+    let late = s
+        .reporter(meter.clone())
+        .run(period_end + 7_200, far())
+        .await
+        .unwrap();
+    assert_eq!((late.confirmed, late.after_invoice), (1, 1));
+    assert!(late.needs_attention());
+    assert_eq!(meter.total("cus_0"), 17);
+}

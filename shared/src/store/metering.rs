@@ -73,8 +73,9 @@ pub trait MeteringStore {
         &self,
     ) -> impl Future<Output = Result<Vec<(AccountId, i64)>, StoreError>> + Send;
 
-    /// Records what reconciliation found. In agreement, the period leaves the index (if its
-    /// report is still as `figures` saw it); otherwise it stays there, to be checked (and
+    /// Records what reconciliation found, if the period's report is still as `figures` saw it
+    /// (`false` otherwise: the reporter moved it meanwhile, and the figures are stale). In
+    /// agreement, the period leaves the index; otherwise it stays there, to be checked (and
     /// alarmed on) again next run.
     fn mark_reconciled(
         &self,
@@ -83,5 +84,5 @@ pub trait MeteringStore {
         figures: &PeriodFigures,
         agrees: bool,
         now: i64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }

@@ -1,8 +1,9 @@
 //! Customer portal sessions: the port the API opens them through, over async-stripe's typed
 //! request (`POST /v1/billing_portal/sessions`), and a fake for tests.
 //!
-//! Each attempt carries the same `Idempotency-Key`, derived by the caller from the request, so a
-//! retried call (ours after a 429 or 5xx, or the app's) opens one session, not several.
+//! Each call carries an `Idempotency-Key` derived by the caller from the request, so a retried
+//! call (ours after a 429 or a timeout, or the app's) opens one session, not several; after a 5xx,
+//! which Stripe stores under the key, the retry takes a key of its own.
 
 use std::future::Future;
 use std::sync::Mutex;
@@ -35,8 +36,10 @@ pub trait PortalApi {
     ) -> impl Future<Output = Result<String, PortalError>> + Send;
 }
 
-/// Attempts per portal call when Stripe answers 429 or 5xx.
+/// Attempts per portal call when Stripe answers 429, 409 (the key in use) or 5xx.
 const ATTEMPTS: u32 = 3;
+/// The whole call, retries included, inside the API function's timeout.
+const BUDGET: Duration = Duration::from_secs(8);
 
 impl PortalApi for RealStripe {
     async fn portal_session(
@@ -45,26 +48,44 @@ impl PortalApi for RealStripe {
         return_url: &str,
         idempotency_key: &str,
     ) -> Result<String, PortalError> {
-        let key = IdempotencyKey::new(idempotency_key)
-            .map_err(|e| PortalError::Rejected(format!("idempotency key: {e}")))?;
+        let deadline = tokio::time::Instant::now() + BUDGET;
+        // Stripe keeps a 5xx answer under its key and replays it: after one, the next attempt
+        // goes out under a key of its own (a second portal session is harmless, a stuck key is not).
+        let mut generation = 0u32;
         let mut last = String::new();
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(full_jitter(Duration::from_millis(200), attempt)).await;
             }
+            let key = if generation == 0 {
+                idempotency_key.to_owned()
+            } else {
+                format!("{idempotency_key}:{generation}")
+            };
+            let key = IdempotencyKey::new(&key)
+                .map_err(|e| PortalError::Rejected(format!("idempotency key: {e}")))?;
             let request = CreateBillingPortalSession::new()
                 .customer(customer_id)
                 .return_url(return_url);
             let call = request
                 .customize()
-                .request_strategy(RequestStrategy::Idempotent(key.clone()))
+                .request_strategy(RequestStrategy::Idempotent(key))
                 .send(&self.client);
-            match tokio::time::timeout(self.budget, call).await {
-                Err(_) => last = "no answer within the call's budget".into(),
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left.min(self.budget), call).await {
+                Err(_) => {
+                    last = "no answer within the call's budget".into();
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
                 Ok(Ok(session)) => return Ok(session.url),
                 Ok(Err(stripe::StripeError::Stripe(e, status)))
-                    if status == 429 || status >= 500 =>
+                    if status == 429 || status == 409 || status >= 500 =>
                 {
+                    if status >= 500 {
+                        generation += 1;
+                    }
                     last = format!("{status}: {}", e.message.unwrap_or_default());
                 }
                 Ok(Err(stripe::StripeError::Stripe(e, status))) => {

@@ -138,7 +138,7 @@ impl MeteringStore for DynamoDbMeteringStore {
         figures: &PeriodFigures,
         agrees: bool,
         now: i64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let update = self
             .store
             .client
@@ -168,7 +168,6 @@ impl MeteringStore for DynamoDbMeteringStore {
             |e| e.is_conditional_check_failed_exception(),
             "recording a reconciliation",
         )
-        .map(|_| ())
     }
 
     async fn report_input(
