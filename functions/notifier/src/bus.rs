@@ -66,17 +66,25 @@ pub struct FakeEventBus {
 
 impl FakeEventBus {
     pub fn events(&self) -> Vec<(String, serde_json::Value)> {
-        self.events.lock().unwrap().clone()
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
 impl EventBus for FakeEventBus {
     async fn put(&self, entry: &OutboxEntry) -> anyhow::Result<()> {
-        if self.poison.lock().unwrap().contains(&entry.id.to_string()) {
+        if self
+            .poison
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&entry.id.to_string())
+        {
             return Err(anyhow!("the bus refuses this entry"));
         }
         {
-            let mut fail = self.fail_next.lock().unwrap();
+            let mut fail = self.fail_next.lock().unwrap_or_else(|e| e.into_inner());
             if *fail > 0 {
                 *fail -= 1;
                 return Err(anyhow!("the bus is unavailable"));
@@ -84,7 +92,7 @@ impl EventBus for FakeEventBus {
         }
         self.events
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .push((entry.name.clone(), entry.event_detail()));
         Ok(())
     }

@@ -75,14 +75,14 @@ pub struct FakeMailer {
 
 impl FakeMailer {
     pub fn sent(&self) -> Vec<(String, Email)> {
-        self.sent.lock().unwrap().clone()
+        self.sent.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
 impl Mailer for FakeMailer {
     async fn send(&self, to: &str, email: &Email) -> anyhow::Result<()> {
         {
-            let mut fail = self.fail_next.lock().unwrap();
+            let mut fail = self.fail_next.lock().unwrap_or_else(|e| e.into_inner());
             if *fail > 0 {
                 *fail -= 1;
                 return Err(anyhow!("the mail service is unavailable"));
@@ -90,7 +90,7 @@ impl Mailer for FakeMailer {
         }
         self.sent
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .push((to.to_owned(), email.clone()));
         Ok(())
     }

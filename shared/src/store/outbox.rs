@@ -92,18 +92,25 @@ pub struct InMemoryOutboxStore {
 
 impl InMemoryOutboxStore {
     pub fn put(&self, id: &str, entry: StoredEntry) {
-        self.entries.lock().unwrap().insert(id.to_owned(), entry);
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), entry);
     }
 
     pub fn set_email(&self, account: &str, email: &str) {
         self.emails
             .lock()
-            .unwrap()
+            .unwrap_or_else(|e| e.into_inner())
             .insert(account.to_owned(), email.to_owned());
     }
 
     pub fn entry(&self, id: &str) -> Option<StoredEntry> {
-        self.entries.lock().unwrap().get(id).cloned()
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned()
     }
 }
 
@@ -122,11 +129,21 @@ impl OutboxStore for InMemoryOutboxStore {
     }
 
     async fn billing_email(&self, account: &AccountId) -> Result<Option<String>, StoreError> {
-        Ok(self.emails.lock().unwrap().get(account.as_str()).cloned())
+        Ok(self
+            .emails
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(account.as_str())
+            .cloned())
     }
 
     async fn mark_event_sent(&self, id: &NotificationId) -> Result<(), StoreError> {
-        if let Some(e) = self.entries.lock().unwrap().get_mut(id.as_str()) {
+        if let Some(e) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id.as_str())
+        {
             e.event_sent = true;
             e.status = Some(DeliveryStatus::Pending.as_str().into());
         }
@@ -139,7 +156,7 @@ impl OutboxStore for InMemoryOutboxStore {
         mail: MailOutcome,
         _now: i64,
     ) -> Result<bool, StoreError> {
-        let mut entries = self.entries.lock().unwrap();
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         match entries.get_mut(id.as_str()) {
             Some(e) if e.status.as_deref() != Some("delivered") => {
                 e.status = Some("delivered".into());
@@ -151,7 +168,11 @@ impl OutboxStore for InMemoryOutboxStore {
     }
 
     async fn note_failure(&self, id: &NotificationId, reason: &str) -> Result<(), StoreError> {
-        if let Some(e) = self.entries.lock().unwrap().get_mut(id.as_str())
+        if let Some(e) = self
+            .entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(id.as_str())
             && e.status.as_deref() != Some("delivered")
         {
             e.attempts += 1;

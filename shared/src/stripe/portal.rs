@@ -116,10 +116,15 @@ impl PortalApi for FakePortal {
         return_url: &str,
         idempotency_key: &str,
     ) -> Result<String, PortalError> {
-        if let Some(e) = self.fail_next.lock().unwrap().take() {
+        if let Some(e) = self
+            .fail_next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             return Err(e);
         }
-        let mut calls = self.calls.lock().unwrap();
+        let mut calls = self.calls.lock().unwrap_or_else(|e| e.into_inner());
         calls.push((
             customer_id.to_owned(),
             return_url.to_owned(),

@@ -78,8 +78,8 @@ pub(super) fn refund(
         .entries
         .iter()
         .find(|i| get_s(i, "sk").as_deref() == Some(&format!("CREDIT#{grant_id}")));
-    let granted = entry.and_then(|i| get_n::<u64>(i, "credits"));
-    let Some(credits) = granted else {
+    let granted = entry.and_then(|i| Some((i, get_n::<u64>(i, "credits")?)));
+    let Some((entry, credits)) = granted else {
         // No grant yet: remember the running total for the grant, unless a larger one is there.
         let mut e = Expr::default();
         e.set("refunded", n(amount_refunded))
@@ -95,7 +95,6 @@ pub(super) fn refund(
             Judge::PendingRefund,
         )];
     };
-    let entry = entry.expect("a granted entry");
     let ids: Vec<String> = ledger
         .entries
         .iter()

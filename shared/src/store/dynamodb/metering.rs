@@ -151,17 +151,17 @@ impl MeteringStore for DynamoDbMeteringStore {
             .expression_attribute_values(":stripe", n(figures.stripe))
             .expression_attribute_values(":recorded", n(figures.recorded))
             .expression_attribute_values(":reported", n(figures.reported))
+            .expression_attribute_values(":verdict", s(if agrees { "agrees" } else { "differs" }))
             // Only as it was read: a claim since then means the figures are already stale.
             .condition_expression("attribute_not_exists(#claim) AND #confirmed = :reported");
+        // In agreement the period leaves the index; a later claim (late overage) puts it back.
+        let set = "SET reconciled_at = :now, stripe_total = :stripe, recorded_total = :recorded, reconciled = :verdict";
         let update = if agrees {
             update
-                .update_expression("SET reconciled_at = :now, stripe_total = :stripe, recorded_total = :recorded, reconciled = :agrees REMOVE #due")
+                .update_expression(format!("{set} REMOVE #due"))
                 .expression_attribute_names("#due", "report_due")
-                .expression_attribute_values(":agrees", s("agrees"))
         } else {
-            update
-                .update_expression("SET reconciled_at = :now, stripe_total = :stripe, recorded_total = :recorded, reconciled = :differs")
-                .expression_attribute_values(":differs", s("differs"))
+            update.update_expression(set)
         };
         written(
             update.send().await,

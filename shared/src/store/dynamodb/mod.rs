@@ -358,7 +358,8 @@ impl DynamoDbBillingStore {
                         None => self.get(key.clone()).await?,
                     };
                     for (index, rule) in judges {
-                        let index = index.expect("only the marker has no write");
+                        // Only the marker has no write, and a failed marker returned above.
+                        let Some(index) = *index else { continue };
                         match verdict(rule, old.as_ref(), event.created) {
                             Verdict::Apply => continue,
                             verdict => return Ok(ApplyResult::Conflict { index, verdict }),

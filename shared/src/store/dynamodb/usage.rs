@@ -54,6 +54,10 @@ const WATCHED: [&str; 9] = [
     "u_rev",
 ];
 
+/// Where `credits` and `u_rev` sit in `WATCHED` (checked by a test).
+const CREDITS_AT: usize = 6;
+const U_REV_AT: usize = 8;
+
 /// The account as loaded: the watched attributes, or `None` when there was no item.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot(Option<Vec<Option<AttributeValue>>>);
@@ -248,7 +252,7 @@ fn revision(expected: &Snapshot) -> u64 {
     expected
         .0
         .as_ref()
-        .and_then(|values| values[WATCHED.len() - 1].as_ref())
+        .and_then(|values| values[U_REV_AT].as_ref())
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
@@ -260,14 +264,8 @@ fn version_after(expected: &Snapshot, ledger: &Ledger) -> Snapshot {
         .0
         .clone()
         .unwrap_or_else(|| vec![None; WATCHED.len()]);
-    let at = |attr: &str| {
-        WATCHED
-            .iter()
-            .position(|a| *a == attr)
-            .expect("a watched attribute")
-    };
-    values[at("credits")] = Some(n(ledger.credits));
-    values[at("u_rev")] = Some(n(revision(expected) + 1));
+    values[CREDITS_AT] = Some(n(ledger.credits));
+    values[U_REV_AT] = Some(n(revision(expected) + 1));
     Snapshot(Some(values))
 }
 
@@ -586,5 +584,16 @@ impl UsageStore for DynamoDbUsageStore {
             .collect();
         sort_totals(&mut out);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CREDITS_AT, U_REV_AT, WATCHED};
+
+    #[test]
+    fn the_positions_written_after_a_commit_name_the_right_attributes() {
+        assert_eq!(WATCHED[CREDITS_AT], "credits");
+        assert_eq!(WATCHED[U_REV_AT], "u_rev");
     }
 }
