@@ -38,6 +38,7 @@ fn sub(id: &str, status: SubscriptionStatus, plan: &str) -> Write {
         cancel_at_period_end: false,
         effective_plan: effective.id.clone(),
         included_units: effective.included_units,
+        card: None,
     })
 }
 
@@ -311,6 +312,7 @@ async fn customers_are_linked(store: &impl BillingStore, account: &AccountId) {
             email: Some("ada@example.com".into()),
             name: Some("Ada".into()),
             deleted: false,
+            card: None,
         },
     ];
     assert_eq!(
@@ -575,6 +577,7 @@ async fn checkout_names_the_customer_with_its_grant(
         email: Some("billing@example.com".into()),
         name: None,
         deleted: false,
+        card: None,
     }];
     store
         .apply(
@@ -644,6 +647,7 @@ async fn events_wait_for_their_customers_link(store: &impl BillingStore, account
         email: Some("ada@example.com".into()),
         name: None,
         deleted: false,
+        card: None,
     }];
     assert_eq!(
         store

@@ -205,6 +205,8 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
             "plan": view.plan,
             "included_units": included,
             "credits": view.credits,
+            "downgraded": view.downgraded,
+            "suspended": view.suspended,
             "customer_id": view.customer_id,
             "billing_email": view.email,
             "billing_name": view.name,

@@ -16,6 +16,13 @@
 //! is reactivated (`account.reactivated`), once. Each step is due exactly from its boundary: a
 //! run at `boundary - 1` takes nothing, a run at `boundary` takes it.
 
+/// Whether a case that ends this way (`paid`, `voided`, `uncollectible`) lifts what the case
+/// did to the account: a payment, or a void (nothing is owed any more). A write-off leaves the
+/// account as it is: the debt stands, and an operator decides.
+pub fn lifts_restrictions(reason: &str) -> bool {
+    matches!(reason, "paid" | "voided")
+}
+
 /// The delays, from configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DunningPolicy {
@@ -107,7 +114,8 @@ impl Steps {
 pub struct Case {
     /// Still unpaid (open), or over (paid, voided, written off).
     pub open: bool,
-    /// Whether it ended because the invoice was paid (reactivation follows only a payment).
+    /// Whether it ended with nothing owed (paid, or voided): only then is the account
+    /// reactivated.
     pub paid: bool,
     /// Failed attempts, as Stripe counts them.
     pub failures: u32,
@@ -149,6 +157,27 @@ pub fn due_steps(case: &Case, policy: &DunningPolicy, now: i64) -> Vec<Step> {
         now >= case.first_failed_at + policy.suspend_after,
     );
     due
+}
+
+/// Whether a closed case must make sure the subscription bills again (resume collection): it
+/// ended with nothing owed, and a downgrade was taken or due (a run may have paused collection
+/// in Stripe and then lost the race to record it against the payment). Resuming is idempotent.
+pub fn resumes_collection(case: &Case) -> bool {
+    !case.open && case.paid && (case.taken.contains(Step::Downgrade) || case.failures >= 3)
+}
+
+/// The card trap. Stripe retries a subscription's invoice with the subscription's own card
+/// first, while the portal's "update payment method" changes the customer's default. The
+/// customer's default is tried, once per case, whenever it is not the subscription's card.
+pub fn card_to_try<'a>(
+    case: &Case,
+    customer_card: Option<&'a str>,
+    subscription_card: Option<&str>,
+    tried: impl Fn(&str) -> bool,
+) -> Option<&'a str> {
+    let card = customer_card?;
+    (case.open && case.failures > 0 && Some(card) != subscription_card && !tried(card))
+        .then_some(card)
 }
 
 #[cfg(test)]

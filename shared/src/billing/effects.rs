@@ -73,6 +73,9 @@ pub enum Write {
         email: Option<String>,
         name: Option<String>,
         deleted: bool,
+        /// The customer's default card: dunning retries with it when it is not the one the
+        /// subscription is charged to.
+        card: Option<String>,
     },
     /// The account's subscription, plan and period. Versioned; an ended one never comes back.
     Subscription(SubscriptionState),
@@ -193,6 +196,7 @@ pub fn plan_effects(event: &StripeEvent, catalog: &Catalog) -> Result<Effects, P
                 email: c.email.clone().filter(|_| !deleted),
                 name: c.name.clone().filter(|_| !deleted),
                 deleted,
+                card: c.default_payment_method().map(str::to_owned),
             });
             (account, writes)
         }
@@ -323,6 +327,7 @@ fn subscription(
         cancel_at_period_end: s.cancel_at_period_end,
         effective_plan: effective.id.clone(),
         included_units: effective.included_units,
+        card: s.default_payment_method().map(str::to_owned),
     }));
     Ok((account, writes))
 }

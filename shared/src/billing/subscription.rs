@@ -68,4 +68,6 @@ pub struct SubscriptionState {
     /// The plan that applies now: the subscription's while it grants one, else free.
     pub effective_plan: PlanId,
     pub included_units: u64,
+    /// The card Stripe charges the subscription's invoices to (its own default payment method).
+    pub card: Option<String>,
 }

@@ -121,6 +121,7 @@ fn apply_write(
             email,
             name,
             deleted: _,
+            card: _,
         } => {
             let acc = state.accounts.entry(account.clone()).or_default();
             version_check(acc.customer_version, created, mode)?;
@@ -183,6 +184,13 @@ fn apply_write(
                 }
             }
             state.invoices.insert(key, inv);
+            // DynamoDB's payment also lifts the case's restrictions on the account item (an
+            // update, which creates the item if it was not there): the account exists after.
+            if let DunningChange::Closed { reason } = dunning
+                && crate::billing::dunning::lifts_restrictions(reason)
+            {
+                state.accounts.entry(account.clone()).or_default();
+            }
         }
         Write::GrantCredits {
             grant_id,
@@ -333,6 +341,10 @@ impl BillingStore for InMemoryBillingStore {
                 included_units: included,
                 subscription: sub,
                 credits: a.credits,
+                // Dunning's restrictions live beside the account in DynamoDB only: this store
+                // serves the processor's tests, which never restrict an account.
+                downgraded: false,
+                suspended: false,
             }
         }))
     }

@@ -10,6 +10,7 @@ use std::future::Future;
 use crate::billing::{InvoiceRecord, Verdict, Write};
 use crate::ids::{AccountId, StripeEventId};
 
+pub mod dunning;
 pub mod dynamodb;
 pub mod memory;
 pub mod metering;
@@ -19,7 +20,10 @@ pub mod usage_memory;
 
 pub use dynamodb::DynamoDbBillingStore;
 
-pub use dynamodb::{DynamoDbMeteringStore, DynamoDbOutboxStore, DynamoDbUsageStore};
+pub use dunning::InMemoryDunningStore;
+pub use dynamodb::{
+    DynamoDbDunningStore, DynamoDbMeteringStore, DynamoDbOutboxStore, DynamoDbUsageStore,
+};
 pub use memory::InMemoryBillingStore;
 pub use outbox::InMemoryOutboxStore;
 pub use usage_memory::InMemoryUsageStore;
@@ -108,6 +112,10 @@ pub struct AccountView {
     pub included_units: Option<u64>,
     pub subscription: Option<SubscriptionView>,
     pub credits: u64,
+    /// Dunning downgraded it to the free tier until an unpaid invoice is settled.
+    pub downgraded: bool,
+    /// Dunning suspended it: usage is recorded but not allowed.
+    pub suspended: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,7 @@
 //! Stripe webhooks, without I/O: signature verification and the lean event envelope.
 
 pub mod api;
+pub mod dunning;
 pub mod envelope;
 pub mod meter;
 pub mod objects;

@@ -85,9 +85,16 @@ pub struct Subscription {
     #[serde(default)]
     pub metadata: Option<HashMap<String, String>>,
     pub items: List<SubscriptionItem>,
+    /// The card Stripe charges this subscription's invoices to before the customer's default.
+    #[serde(default)]
+    pub default_payment_method: Option<Expandable>,
 }
 
 impl Subscription {
+    pub fn default_payment_method(&self) -> Option<&str> {
+        id_of(&self.default_payment_method)
+    }
+
     pub fn price_ids(&self) -> impl Iterator<Item = &str> {
         self.items.data.iter().map(|i| i.price.id.as_str())
     }
@@ -191,6 +198,21 @@ pub struct Customer {
     pub metadata: Option<HashMap<String, String>>,
     #[serde(default)]
     pub deleted: Option<bool>,
+    #[serde(default)]
+    pub invoice_settings: Option<InvoiceSettings>,
+}
+
+impl Customer {
+    /// The card the customer chose as default (what the portal's "update payment method" sets).
+    pub fn default_payment_method(&self) -> Option<&str> {
+        id_of(&self.invoice_settings.as_ref()?.default_payment_method)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct InvoiceSettings {
+    #[serde(default)]
+    pub default_payment_method: Option<Expandable>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -200,3 +200,66 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_new_default_card_is_tried_once_and_the_failing_one_never() {
+    let case = open(1);
+    let none = |_: &str| false;
+    // The portal set a new default; the subscription still charges the old card.
+    assert_eq!(
+        card_to_try(&case, Some("pm_new"), Some("pm_old"), none),
+        Some("pm_new")
+    );
+    // No subscription card: Stripe charges the customer's default, the card that failed.
+    assert_eq!(
+        card_to_try(&case, Some("pm_new"), None, none),
+        Some("pm_new")
+    );
+    assert_eq!(
+        card_to_try(&case, Some("pm_old"), Some("pm_old"), none),
+        None
+    );
+    assert_eq!(
+        card_to_try(&case, Some("pm_new"), Some("pm_old"), |c| c == "pm_new"),
+        None
+    );
+    assert_eq!(card_to_try(&case, None, Some("pm_old"), none), None);
+    let paid = Case {
+        open: false,
+        paid: true,
+        ..open(1)
+    };
+    assert_eq!(
+        card_to_try(&paid, Some("pm_new"), Some("pm_old"), none),
+        None
+    );
+}
+
+#[test]
+fn collection_resumes_after_a_payment_once_a_downgrade_may_have_paused_it() {
+    let closed = |failures, taken: Steps, paid| Case {
+        open: false,
+        paid,
+        taken,
+        ..open(failures)
+    };
+    let downgraded = Steps::default().with(Step::Downgrade);
+    assert!(resumes_collection(&closed(3, downgraded, true)));
+    // Due but not recorded: a run may have paused collection and lost the race.
+    assert!(resumes_collection(&closed(3, Steps::default(), true)));
+    assert!(!resumes_collection(&closed(2, Steps::default(), true)));
+    // Written off: the debt stands and the account stays as it is.
+    assert!(!resumes_collection(&closed(3, downgraded, false)));
+    assert!(!resumes_collection(&Case {
+        taken: downgraded,
+        ..open(3)
+    }));
+}
+
+#[test]
+fn only_a_payment_or_a_void_lifts_what_a_case_did() {
+    assert!(lifts_restrictions("paid"));
+    assert!(lifts_restrictions("voided"));
+    assert!(!lifts_restrictions("uncollectible"));
+    assert!(!lifts_restrictions("open"));
+}

@@ -11,9 +11,11 @@
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
+use super::invoices::{DOWNGRADED_FOR, SUSPENDED_FOR};
 use super::item::{
     Expr, Item, Judge, Op, account_key, cmp, ended_key, get_bool, get_n, get_s, link_key, n, s,
 };
+use super::usage::restricted;
 use crate::billing::{SubscriptionState, SubscriptionStatus};
 use crate::catalog::FREE_PLAN;
 use crate::ids::AccountId;
@@ -43,20 +45,22 @@ pub(super) fn account_customer(account: &AccountId, customer_id: &str, email: Op
     Op::update(account_key(account), e, None, Judge::Retry)
 }
 
-pub(super) fn profile(
-    account: &AccountId,
-    customer_id: &str,
-    email: Option<&str>,
-    name: Option<&str>,
-    deleted: bool,
-    created: i64,
-    mode: WriteMode,
-) -> Op {
+/// What a `customer.*` event says about the billing contact.
+pub(super) struct Profile<'a> {
+    pub customer_id: &'a str,
+    pub email: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub deleted: bool,
+    pub card: Option<&'a str>,
+}
+
+pub(super) fn profile(account: &AccountId, p: &Profile<'_>, created: i64, mode: WriteMode) -> Op {
     let mut e = Expr::default();
-    e.set("customer_id", s(customer_id))
-        .set_opt("email", email.map(s))
-        .set_opt("customer_name", name.map(s))
-        .set("customer_deleted", AttributeValue::Bool(deleted))
+    e.set("customer_id", s(p.customer_id))
+        .set_opt("email", p.email.map(s))
+        .set_opt("customer_name", p.name.map(s))
+        .set("customer_deleted", AttributeValue::Bool(p.deleted))
+        .set_opt("customer_card", p.card.map(s))
         .set("customer_version", n(created));
     let op = cmp(mode);
     Op::update(
@@ -103,6 +107,7 @@ pub(super) fn subscription(
             "cancel_at_period_end",
             AttributeValue::Bool(sub.cancel_at_period_end),
         )
+        .set_opt("sub_card", sub.card.clone().map(s))
         .set("sub_version", n(created));
     let op = cmp(mode);
     let ended = "#sub_status IN (:canceled, :expired)";
@@ -165,6 +170,7 @@ pub(super) fn stored_subscription(item: &Item) -> Option<(String, SubscriptionSt
 }
 
 pub(super) fn view(account: &AccountId, item: &Item) -> AccountView {
+    let downgraded = restricted(item, DOWNGRADED_FOR);
     let subscription = get_s(item, "sub_id").map(|id| SubscriptionView {
         subscription_id: id,
         status: get_s(item, "sub_status").unwrap_or_default(),
@@ -178,8 +184,14 @@ pub(super) fn view(account: &AccountId, item: &Item) -> AccountView {
         customer_id: get_s(item, "customer_id"),
         email: get_s(item, "email"),
         name: get_s(item, "customer_name"),
-        plan: get_s(item, "effective_plan").unwrap_or_else(|| FREE_PLAN.to_owned()),
-        included_units: get_n(item, "included_units"),
+        plan: if downgraded {
+            FREE_PLAN.to_owned()
+        } else {
+            get_s(item, "effective_plan").unwrap_or_else(|| FREE_PLAN.to_owned())
+        },
+        included_units: get_n(item, "included_units").filter(|_| !downgraded),
+        downgraded,
+        suspended: restricted(item, SUSPENDED_FOR),
         subscription,
         credits: get_n(item, "credits").unwrap_or(0),
     }

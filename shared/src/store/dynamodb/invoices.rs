@@ -2,8 +2,20 @@
 //!
 //! The case lives on the invoice item, under the invoice's version: a late `payment_failed`
 //! can never reopen a case that a newer `paid` closed, and no separate condition is needed.
+//! A failure puts the invoice in the sparse `DunningCases` index (`dunning_case`), where the
+//! dunning function finds it; only the dunning function takes it out again, once the case is
+//! closed and its reactivation (if any) done.
+//!
+//! A payment (or a void: nothing is owed any more) also lifts, in the same transaction, the
+//! downgrade and suspension this invoice caused: the account's `downgraded_for` and
+//! `suspended_for` sets name the invoices that restrict it, so a customer comes back the moment
+//! the event is applied, and an account restricted for two invoices stays restricted until both
+//! are settled.
 
-use super::item::{Expr, Item, Judge, Op, cmp, get_n, get_s, invoice_key, n, s};
+use aws_sdk_dynamodb::types::AttributeValue;
+
+use super::item::{Expr, Item, Judge, Op, account_key, cmp, get_n, get_s, invoice_key, n, s};
+use crate::billing::dunning::lifts_restrictions;
 use crate::billing::{DunningChange, InvoiceRecord};
 use crate::ids::AccountId;
 use crate::store::{DunningView, InvoiceView, WriteMode};
@@ -14,8 +26,9 @@ pub(super) fn invoice(
     dunning: &DunningChange,
     created: i64,
     mode: WriteMode,
-) -> Op {
+) -> Vec<Op> {
     let mut e = Expr::default();
+    let mut lifts = false;
     e.set("invoice_id", s(&record.invoice_id))
         .set_opt("number", record.number.clone().map(s))
         .set("invoice_status", s(&record.status))
@@ -42,22 +55,43 @@ pub(super) fn invoice(
                 .set("failures", n(attempt_count))
                 .set_opt("next_payment_attempt", next_payment_attempt.map(n))
                 .set_if_absent("first_failed_at", n(created));
+            // The policy chases subscription invoices; a one-off's failure is only recorded.
+            if record.subscription_id.is_some() {
+                e.set(DUNNING_INDEX_KEY, s(DUNNING_INDEX_VALUE));
+            }
         }
         DunningChange::Closed { reason } => {
             e.set("dunning_status", s(*reason))
                 .set_opt("next_payment_attempt", None);
+            lifts = lifts_restrictions(reason);
         }
     }
     let op = cmp(mode);
-    Op::update(
+    let mut ops = vec![Op::update(
         invoice_key(account, &record.invoice_id),
         e,
         Some(format!(
             "attribute_not_exists(#version) OR #version {op} :version"
         )),
         Judge::Version("version"),
-    )
+    )];
+    if lifts {
+        let this = AttributeValue::Ss(vec![record.invoice_id.clone()]);
+        let mut a = Expr::default();
+        a.delete(SUSPENDED_FOR, this.clone())
+            .delete(DOWNGRADED_FOR, this);
+        ops.push(Op::update(account_key(account), a, None, Judge::Retry));
+    }
+    ops
 }
+
+/// The sparse index of dunning cases: its key attribute and the one value it takes.
+pub const DUNNING_INDEX: &str = "DunningCases";
+pub const DUNNING_INDEX_KEY: &str = "dunning_case";
+pub const DUNNING_INDEX_VALUE: &str = "case";
+/// The account's sets of invoices that keep it suspended / downgraded.
+pub const SUSPENDED_FOR: &str = "suspended_for";
+pub const DOWNGRADED_FOR: &str = "downgraded_for";
 
 pub(super) fn view(i: &Item) -> InvoiceView {
     InvoiceView {

@@ -9,6 +9,7 @@
 //! | invoice and its dunning case | `ACCOUNT#{account id}` | `INVOICE#{invoice id}` | `invoices` |
 //! | credit grant (ledger entry) or a refund awaiting it | `ACCOUNT#{account id}` | `CREDIT#{payment intent}` | `credits` |
 //! | usage: records, per-period totals, holds, the outbox | see the module | | `usage` |
+//! | (the invoice item) in the `DunningCases` index while its case needs the dunning function | | | `dunning` |
 //! | a period's meter report state | `ACCOUNT#{account id}` | `REPORT#{period start}` | `metering` |
 //!
 //! `apply` is one `TransactWriteItems`: the marker (`attribute_not_exists`) and every write's
@@ -18,6 +19,7 @@
 
 mod accounts;
 mod credits;
+mod dunning;
 mod events;
 mod invoices;
 mod item;
@@ -25,6 +27,8 @@ mod metering;
 mod outbox;
 mod usage;
 
+pub use dunning::DynamoDbDunningStore;
+pub use invoices::{DUNNING_INDEX, DUNNING_INDEX_KEY};
 pub use metering::DynamoDbMeteringStore;
 pub use outbox::{DynamoDbOutboxStore, notification_id_of_pk};
 pub use usage::{DynamoDbUsageStore, Snapshot};
@@ -248,12 +252,16 @@ impl DynamoDbBillingStore {
                 email,
                 name,
                 deleted,
+                card,
             } => vec![accounts::profile(
                 account,
-                customer_id,
-                email.as_deref(),
-                name.as_deref(),
-                *deleted,
+                &accounts::Profile {
+                    customer_id,
+                    email: email.as_deref(),
+                    name: name.as_deref(),
+                    deleted: *deleted,
+                    card: card.as_deref(),
+                },
                 created,
                 mode,
             )],
@@ -266,7 +274,7 @@ impl DynamoDbBillingStore {
                 )]
             }
             Write::Invoice(record, dunning) => {
-                vec![invoices::invoice(account, record, dunning, created, mode)]
+                invoices::invoice(account, record, dunning, created, mode)
             }
             Write::GrantCredits {
                 grant_id,

@@ -21,10 +21,12 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnConsumedCapacity};
 
 use super::DynamoDbBillingStore;
+use super::invoices::{DOWNGRADED_FOR, SUSPENDED_FOR};
 use super::item::{
     Expr, Item, Judge, Op, account_key, account_pk, get_bool, get_n, get_s, key, n, s,
 };
 use crate::billing::SubscriptionStatus;
+use crate::catalog::FREE_PLAN;
 use crate::ids::{AccountId, RequestId, ReservationId};
 use crate::store::StoreError;
 use crate::store::usage::{
@@ -42,16 +44,17 @@ const OUTBOX_TTL_SECS: i64 = 90 * 86_400;
 const CONFLICT_ATTEMPTS: u32 = 5;
 
 /// The account attributes a usage decision reads; a commit requires each to be as loaded.
-const WATCHED: [&str; 9] = [
+const WATCHED: [&str; 10] = [
     "effective_plan",
     "included_units",
     "sub_status",
     "period_start",
     "period_end",
-    "suspended",
+    SUSPENDED_FOR,
     "credits",
     "last_topup",
     "u_rev",
+    DOWNGRADED_FOR,
 ];
 
 /// Where `credits` and `u_rev` sit in `WATCHED` (checked by a test).
@@ -141,6 +144,13 @@ fn holds_to(holds: &BTreeMap<ReservationId, Hold>) -> AttributeValue {
     )
 }
 
+/// Whether a dunning case restricts the account this way (its set names an unsettled invoice).
+pub(super) fn restricted(item: &Item, set: &str) -> bool {
+    item.get(set)
+        .and_then(|v| v.as_ss().ok())
+        .is_some_and(|invoices| !invoices.is_empty())
+}
+
 /// The account item as a usage decision needs it.
 fn account_from(item: Option<&Item>) -> UsageAccount<Snapshot> {
     let Some(item) = item else {
@@ -157,6 +167,7 @@ fn account_from(item: Option<&Item>) -> UsageAccount<Snapshot> {
         (Some(start), Some(end)) if granting => Some(Period { start, end }),
         _ => None,
     };
+    let downgraded = restricted(item, DOWNGRADED_FOR);
     let holds = item
         .get("holds")
         .and_then(|v| v.as_m().ok())
@@ -180,10 +191,19 @@ fn account_from(item: Option<&Item>) -> UsageAccount<Snapshot> {
             WATCHED.iter().map(|a| item.get(*a).cloned()).collect(),
         )),
         terms: StoredTerms {
-            plan: get_s(item, "effective_plan"),
-            included_units: get_n(item, "included_units"),
+            // Dunning's downgrade: the free tier's terms until the invoice is settled.
+            plan: if downgraded {
+                Some(FREE_PLAN.to_owned())
+            } else {
+                get_s(item, "effective_plan")
+            },
+            included_units: if downgraded {
+                None
+            } else {
+                get_n(item, "included_units")
+            },
             period,
-            suspended: get_bool(item, "suspended").unwrap_or(false),
+            suspended: restricted(item, SUSPENDED_FOR),
         },
         ledger: Ledger {
             credits: get_n(item, "credits").unwrap_or(0),
@@ -377,7 +397,7 @@ fn hold_from(item: &Item) -> Option<HoldRecord> {
     })
 }
 
-fn outbox_op(account: &AccountId, note: &Notification, now: i64) -> Op {
+pub(super) fn outbox_op(account: &AccountId, note: &Notification, now: i64) -> Op {
     let mut attrs = Item::new();
     attrs.insert("id".into(), s(&note.id));
     attrs.insert("name".into(), s(note.name));
