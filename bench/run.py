@@ -306,7 +306,7 @@ def cold_start() -> None:
     from provision import provision
 
     run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage", "-p", "reporter",
-         "-p", "notifier", "-p", "reconciler"])
+         "-p", "notifier", "-p", "reconciler", "-p", "dunning"])
     with local_aws() as endpoints:
         endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
@@ -338,6 +338,9 @@ def cold_start() -> None:
             # A daily run with nothing due: no Stripe call.
             ("reconciler", "ReconcilerFunction", lambda: (ROOT / "events" / "reconciler.json").read_bytes(),
              lambda r: r.get("checked") == 0),
+            # A run with no open case: one query, no Stripe call.
+            ("dunning", "DunningFunction", lambda: (ROOT / "events" / "dunning.json").read_bytes(),
+             lambda r: r.get("cases") == 0),
         ]
         results = {}
         for binary, name, event, ok in cases:
@@ -373,6 +376,7 @@ def cold_start() -> None:
         usage_rows = usage_figures({**env_of("UsageFunction"), "AWS_ENDPOINT_URL_DYNAMODB": proxy.dynamodb.url},
                                    proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
         metering_rows = metering_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
+        dunning_rows = dunning_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
 
     for binary, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)
@@ -413,7 +417,7 @@ def cold_start() -> None:
         ratio = warm["python"] / warm["rust"]
         row("whole-handler CPU ratio Python / Rust", f"{ratio:.1f}×", "≥ 10×", ratio >= 10)
         row("webhook TCP connections opened per event", f"{warm['rust_connects']:.2f}", "0 (kept alive)", warm["rust_connects"] < 0.05)
-    for r in usage_rows + metering_rows:
+    for r in usage_rows + metering_rows + dunning_rows:
         row(*r)
 
 
@@ -697,6 +701,60 @@ def metering_figures(env_of, proxy: "CountingProxies", dynamodb_url: str, table:
     ]
 
 
+def dunning_figures(env_of, proxy: "CountingProxies", dynamodb_url: str, table: str) -> list[tuple]:
+    """20 open cases at their third failure (email and downgrade due), one dunning run against
+    the Stripe simulator, then a run with nothing due: DynamoDB and Stripe calls per case."""
+    import boto3
+
+    from stripe_sim import load_prices, serve
+    from with_aws import free_port
+
+    cases = 20
+    port = free_port()
+    sim, server = serve(port, "http://127.0.0.1:9/unused", ["whsec_local"], load_prices())
+    sim.delivery["paused"] = True
+    ddb = boto3.client("dynamodb", endpoint_url=dynamodb_url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    event = json.loads((ROOT / "events" / "dunning.json").read_bytes())
+    first_failed = 1_795_608_000 - 7 * 86_400
+    try:
+        for i in range(cases):
+            account = f"acct_bench_dunning_{i}"
+            customer = sim.create_customer({"email": f"{account}@example.com"})["id"]
+            sub = sim.create_subscription(customer, [{"price": "price_pro_monthly"}], {"account_id": account})
+            ddb.put_item(TableName=table, Item={
+                "pk": {"S": f"ACCOUNT#{account}"}, "sk": {"S": "ACCOUNT"}, "effective_plan": {"S": "pro"},
+                "customer_id": {"S": customer}, "sub_id": {"S": sub["id"]},
+                "sub_card": {"S": sub["default_payment_method"]}})
+            ddb.put_item(TableName=table, Item={
+                "pk": {"S": f"ACCOUNT#{account}"}, "sk": {"S": f"INVOICE#in_bench_{i}"},
+                "invoice_id": {"S": f"in_bench_{i}"}, "subscription_id": {"S": sub["id"]},
+                "amount_remaining": {"N": "2900"}, "currency": {"S": "usd"}, "dunning_case": {"S": "case"},
+                "dunning_status": {"S": "open"}, "failures": {"N": "3"}, "first_failed_at": {"N": str(first_failed)},
+                "version": {"N": str(first_failed)}})
+        env = {**env_of("DunningFunction"), "STRIPE_API_BASE": f"http://127.0.0.1:{port}"}
+        figures = []
+        for label in ("steps due", "nothing due"):
+            proxy.dynamodb.take_ops()
+            sim.api_calls.clear()
+            result = start_once(ROOT / "target" / "release" / "dunning", env, json.dumps(event).encode(),
+                                proxy.aws.url, proxy.dynamodb.url, proxy)
+            taken = len(result["response"].get("taken", []))
+            assert result["response"].get("cases") == cases, f"{result['response']}\n{log_of(result)}"
+            ops = proxy.dynamodb.take_ops()
+            figures.append((label, taken, ops, sum(sim.api_calls.values())))
+    finally:
+        server.shutdown()
+    rows = []
+    for label, taken, ops, stripe_calls in figures:
+        per_case = ", ".join(f"{k} {v / cases:g}" for k, v in sorted(ops.items()))
+        rows.append((f"dunning DynamoDB calls per open case, {label} ({taken} steps over {cases} cases)",
+                     per_case, "(counted)", None))
+        rows.append((f"dunning Stripe calls per open case, {label}", f"{stripe_calls / cases:g}",
+                     "1 (the pause)" if taken else "0", stripe_calls == (cases if taken else 0)))
+    return rows
+
+
 def usage_decision_cpu() -> None:
     ns = json.loads((ROOT / "target" / "criterion" / "usage" / "track_decision" / "new" / "estimates.json").read_text())["mean"]["point_estimate"]
     row("usage CPU per track decision (parse, price, burn down, answer)", f"{ns / 1000:.2f} µs", "≤ 10 µs", ns <= 10_000)
@@ -779,7 +837,7 @@ def usage_load() -> None:
 
 
 def zip_size() -> None:
-    for binary in ("webhook", "processor", "api", "usage", "reporter", "notifier", "reconciler"):
+    for binary in ("webhook", "processor", "api", "usage", "reporter", "notifier", "reconciler", "dunning"):
         run(["cargo", "lambda", "build", "--release", "--arm64", "--bin", binary, "--output-format", "zip"])
         size = (ROOT / "target" / "lambda" / binary / "bootstrap.zip").stat().st_size
         row(f"{binary} deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)

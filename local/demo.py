@@ -6,7 +6,9 @@ customer subscribes (checkout → subscription → invoice paid), buys credits a
 refund; her app then calls the usage function around its model requests (two models, a hold
 released and one settled) and runs through the plan's allowance into credits and overage; the
 notifier emails her as credits run low and publishes every notification on the event bus; the
-overage reaches Stripe's meter and reconciles; the next invoice bills it, fails, and recovers. Every webhook is delivered twice and out of order; the app-facing API
+overage reaches Stripe's meter and reconciles; the next invoice bills it and fails, and dunning
+chases it through retry, email, downgrade and suspension until she adds a card in the portal,
+which is charged and brings her back. Every webhook is delivered twice and out of order; the app-facing API
 shows the account, and the usage function its balance, after each step. Then forged, tampered,
 replayed and live-mode deliveries are refused at the webhook.
 """
@@ -164,7 +166,7 @@ def play_stripe_story(env: dict) -> None:
     print("\n2. She buys a 1M credit pack, then asks for 40 % back.\n")
     pack = stripe_call(env, "POST", "/v1/checkout/sessions", {
         "mode": "payment", "customer": customer["id"], "client_reference_id": account,
-        "line_items[0][price]": "price_credits_1m",
+        "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
         "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
         "payment_intent_data[metadata][account_id]": account})
     done = sim(env, f"checkout/sessions/{pack['id']}/complete")
@@ -178,24 +180,7 @@ def play_stripe_story(env: dict) -> None:
     play_notifications(env, account)
     play_metering(env, account, api(env, f"/v1/accounts/{account}")["customer_id"], period)
 
-    print("\n6. Next month's invoice (the base fee ahead, last month's overage from the meter) fails,\n"
-          "   then the retry succeeds.\n")
-    sub_id = session_subscription(env, session["id"])
-    sim(env, "clock/advance", {"seconds": 30 * 86_400})
-    failing = sim(env, f"subscriptions/{sub_id}/renew", {"fail": True})
-    for line in failing["lines"]["data"]:
-        print(f"    invoice line: {line['description']:<40} {line['amount'] / 100:>8.2f} USD")
-    sim(env, "drain")
-    wait_for(env, account, lambda a: (a.get("subscription") or {}).get("status") == "past_due")
-    wait_for_invoice(env, account, failing["id"], lambda i: (i.get("dunning") or {}).get("status") == "open")
-    show_account(env, account)
-    sim(env, "clock/advance", {"seconds": 3 * 86_400})
-    sim(env, f"invoices/{failing['id']}/pay")
-    sim(env, "drain")
-    wait_for(env, account, lambda a: (a.get("subscription") or {}).get("status") == "active")
-    wait_for_invoice(env, account, failing["id"], lambda i: i["status"] == "paid")
-    print("    ... and after the retry:")
-    show_account(env, account)
+    play_dunning(env, account, session_subscription(env, session["id"]), customer["id"])
     sim(env, "delivery", {"duplicate": 0, "reorder": False})
 
     deliveries = sim(env, "deliveries")["deliveries"]
@@ -339,6 +324,99 @@ def play_metering(env: dict, account: str, customer: str, balance: dict) -> None
     result = fire(env, "ReconcilerFunction", end + 2 * 3600)
     print(f"    reconciliation after the period closed: {result['checked']} period(s) compared, "
           f"{result['agreed']} in agreement (recorded = confirmed = Stripe's summary)")
+
+
+def usage_allowed(env: dict, account: str) -> str:
+    check = usage(env, {"action": "check", "account_id": account, "model": "gpt-4o-mini",
+                        "input_tokens": 100, "output_tokens": 50})
+    return "allowed" if check["allowed"] else f"refused ({check['reason']})"
+
+
+def dunning_run(env: dict, t0: int, days: float, label: str) -> dict:
+    """Fires the dunning function as its schedule would at day `days` of the case, and prints
+    the steps it took."""
+    result = fire(env, "DunningFunction", t0 + int(days * 86_400))
+    steps = ", ".join(t["step"] for t in result["taken"]) or "nothing due"
+    paid = f"; paid {result['paid']} invoice(s)" if result.get("paid") else ""
+    print(f"    day {days:>4g}  dunning run ({label}): {steps}{paid}")
+    return result
+
+
+def play_dunning(env: dict, account: str, sub_id: str, customer: str) -> None:
+    print("\n6. Next month's invoice (the base fee ahead, last month's overage from the meter) fails:\n"
+          "   her card starts declining. Dunning runs every 15 minutes; here it is fired with later\n"
+          "   scheduled times, as the clock moves through the case.\n")
+    sim(env, "clock/advance", {"seconds": 30 * 86_400})
+    failing = sim(env, f"subscriptions/{sub_id}/renew", {"fail": True})
+    for line in failing["lines"]["data"]:
+        print(f"    invoice line: {line['description']:<40} {line['amount'] / 100:>8.2f} USD")
+    sim(env, "drain")
+    wait_for_invoice(env, account, failing["id"], lambda i: (i.get("dunning") or {}).get("status") == "open")
+    case = next(i for i in api(env, f"/v1/accounts/{account}/invoices")["data"] if i["id"] == failing["id"])
+    t0 = case["dunning"]["first_failed_at"]
+    print(f"    day    0  payment failed (1st); Stripe's own retry is scheduled for day 3")
+    dunning_run(env, t0, 1, "Stripe's retry is due first: not doubled")
+
+    def stripe_retry(day: int, nth: str) -> None:
+        sim(env, "clock/advance", {"seconds": 3 * 86_400})
+        sim(env, f"invoices/{failing['id']}/retry")
+        sim(env, "drain")
+        wait_for_invoice(env, account, failing["id"],
+                         lambda i: (i.get("dunning") or {}).get("failures", 0) >= int(nth[0]))
+        print(f"    day {day:>4}  Stripe's retry with the subscription's card fails ({nth})")
+
+    stripe_retry(3, "2nd")
+    dunning_run(env, t0, 3, "second failure")
+    stripe_retry(6, "3rd")
+    dunning_run(env, t0, 6, "third failure")
+    a = wait_for(env, account, lambda a: a["downgraded"])
+    sub = stripe_call(env, "GET", f"/v1/subscriptions/{sub_id}")
+    print(f"               plan now {a['plan']} (downgraded), {a['credits']:,} credits kept; "
+          f"Stripe collection paused ({sub['pause_collection']['behavior']})")
+    dunning_run(env, t0, 13.99, "a run before the 14-day mark")
+    dunning_run(env, t0, 14, "14 days unpaid")
+    wait_for(env, account, lambda a: a["suspended"])
+    track = usage(env, {"action": "track", "account_id": account, "request_id": "req_suspended",
+                        "model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 50})
+    print(f"               suspended: a request is {usage_allowed(env, account)}; "
+          f"one that ran anyway is {track['status']} ({track['units']} units)")
+
+    portal = post_api(env, f"/v1/accounts/{account}/portal", {"return_url": "https://app.example.com/billing"})
+    print(f"    day   15  she opens the customer portal ({portal['url']}) and adds a new card;")
+    print("               it becomes her default, while the subscription still charges the old one")
+    sim(env, f"customers/{customer}/payment_method")
+    sim(env, "drain")
+    time.sleep(1)
+    result = dunning_run(env, t0, 15, "the card trap: charge the new card, not the subscription's")
+    if not result.get("paid"):
+        time.sleep(2)
+        dunning_run(env, t0, 15.01, "the card trap, once her card reached the account")
+    sim(env, "drain")
+    a = wait_for(env, account, lambda a: not a["suspended"] and not a["downgraded"])
+    print(f"               invoice paid: plan {a['plan']} again at once; a request is {usage_allowed(env, account)}")
+    dunning_run(env, t0, 15.02, "after the payment")
+    sub = stripe_call(env, "GET", f"/v1/subscriptions/{sub_id}")
+    print(f"               Stripe collection resumed ({sub['pause_collection']}); "
+          f"the subscription now charges {sub['default_payment_method']}")
+    deadline, names = time.monotonic() + 30, []
+    while time.monotonic() < deadline:
+        names += [e["detail-type"] for e in bus_events(env, account)
+                  if e["detail"].get("id", "").endswith(failing["id"])]
+        if len(names) >= 4:
+            break
+        time.sleep(0.3)
+    print(f"    events on the bus: {', '.join(names)}")
+    mails = [m["subject"] for m in sent_mail(env)
+             if failing["id"] in (m["body"] or "") or account in (m["body"] or "")]
+    print(f"    emails to her: {'; '.join(s for s in mails if 'credits' not in s)}")
+    show_account(env, account)
+
+
+def post_api(env: dict, path: str, body: dict) -> dict:
+    req = urllib.request.Request(env["LOCAL_HTTP_ENDPOINT"] + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
 
 
 def processor_outcomes(env: dict, event_ids: set[str]) -> dict[str, int]:

@@ -80,6 +80,7 @@ class StripeSimulator:
         self.events: list[dict] = []
         self.idempotency: dict[str, tuple[str, int, bytes]] = {}
         self.meter_events: dict[str, dict] = {}
+        self.cards: dict[str, bool] = {}  # payment method id -> whether it is declined
         self.meters = load_meters()
         # Stripe takes one meter event at a time per customer and meter; a call that arrives
         # while another is being recorded is answered 429. `hold_ms` is how long recording takes.
@@ -183,6 +184,11 @@ class StripeSimulator:
             raise ApiError(400, f"No such price: '{price_id}'", code="resource_missing", param="line_items")
         return self.prices[price_id]
 
+    def new_card(self, declines: bool = False) -> str:
+        pm = new_id("pm")
+        self.cards[pm] = declines
+        return pm
+
     def create_customer(self, params: dict) -> dict:
         c = copy.deepcopy(FIXTURES["customer"])
         c.update(id=new_id("cus"), created=self.now(), livemode=False, email=params.get("email"),
@@ -206,8 +212,17 @@ class StripeSimulator:
         items = params.get("line_items") or []
         if not items or not items[0].get("price"):
             raise ApiError(400, "line_items[0][price] is required", param="line_items")
-        for item in items:
-            self.price(item["price"])
+        for i, item in enumerate(items):
+            price = self.price(item["price"])
+            # As Stripe: a metered price is billed from its meter, so it takes no quantity; the
+            # others need one.
+            if price["kind"] == "metered" and "quantity" in item:
+                raise ApiError(400, "Quantity should not be specified where usage_type is `metered`.",
+                               param=f"line_items[{i}][quantity]")
+            if price["kind"] != "metered" and "quantity" not in item:
+                raise ApiError(400, "Quantity is required.", param=f"line_items[{i}][quantity]")
+            if (price["kind"] == "one_time") == (mode == "subscription"):
+                raise ApiError(400, f"The price {item['price']} cannot be used in {mode} mode.", param=f"line_items[{i}][price]")
         if params.get("customer"):
             self.get(params["customer"], "customer")
         s = copy.deepcopy(FIXTURES["checkout.session"])
@@ -227,6 +242,9 @@ class StripeSimulator:
         s["_line_items"] = items
         s["_subscription_metadata"] = (params.get("subscription_data") or {}).get("metadata", {})
         s["_payment_metadata"] = (params.get("payment_intent_data") or {}).get("metadata", {})
+        creation = params.get("invoice_creation") or {}
+        s["_invoice"] = creation.get("enabled") == "true" and mode == "payment"
+        s["_invoice_metadata"] = (creation.get("invoice_data") or {}).get("metadata", {})
         self.objects[sid] = s
         return s
 
@@ -248,6 +266,9 @@ class StripeSimulator:
         else:
             pi, charge = self.create_payment(s["customer"], s["amount_total"], s["_payment_metadata"], paid=payment != "async")
             s["payment_intent"] = pi
+            if s["_invoice"]:
+                # `invoice_creation[enabled]`: Stripe issues a paid invoice for the payment.
+                s["invoice"] = self.payment_invoice(s)["id"]
             s["payment_status"] = "paid" if payment != "async" else "unpaid"
             self.emit("checkout.session.completed", public(s))
             if payment == "async":
@@ -255,6 +276,30 @@ class StripeSimulator:
                 self.objects[charge]["paid"] = True
                 self.emit("checkout.session.async_payment_succeeded", public(s))
         return s
+
+    def payment_invoice(self, s: dict) -> dict:
+        """The invoice Checkout issues for a one-off payment: paid, with no subscription."""
+        inv = copy.deepcopy(FIXTURES["invoice"])
+        inv["id"] = new_id("in")
+        lines = [self.invoice_line(inv, i["price"], self.price(i["price"])["unit_amount"] * int(i.get("quantity", 1)),
+                                   int(i.get("quantity", 1)), self.now(), self.now(), f"{i.get('quantity', 1)} × {i['price']}")
+                 for i in s["_line_items"]]
+        number = f"SIM-{len([o for o in self.objects.values() if o.get('object') == 'invoice']) + 1:04d}"
+        amount = s["amount_total"]
+        inv.update(
+            customer=s["customer"], subscription=None, status="paid", number=number, metadata=s["_invoice_metadata"],
+            lines={"object": "list", "data": lines, "has_more": False, "url": f"/v1/invoices/{inv['id']}/lines"},
+            amount_due=amount, amount_paid=amount, amount_remaining=0, total=amount, subtotal=amount,
+            currency="usd", attempt_count=1, attempted=True, created=self.now(),
+            period_start=self.now(), period_end=self.now(), next_payment_attempt=None, livemode=False,
+            hosted_invoice_url=f"https://invoice.stripe.com/i/{inv['id']}",
+            invoice_pdf=f"https://pay.stripe.com/invoice/{inv['id']}/pdf",
+            billing_reason="manual", parent=None,
+        )
+        self.objects[inv["id"]] = inv
+        for event_type in ("invoice.created", "invoice.finalized", "invoice.paid"):
+            self.emit(event_type, inv)
+        return inv
 
     def create_payment(self, customer: str, amount: int, metadata: dict, paid: bool) -> tuple[str, str]:
         pi = copy.deepcopy(FIXTURES["payment_intent"])
@@ -278,9 +323,12 @@ class StripeSimulator:
             si.update(id=new_id("si"), current_period_start=start, current_period_end=start + 30 * DAY, quantity=int(it.get("quantity", 1)))
             si["price"] = {**copy.deepcopy(item_template["price"]), "id": it["price"]}
             sub_items.append(si)
+        # Checkout saves the card it collected as the subscription's own default payment method
+        # (not the customer's: that is what the portal's "update payment method" sets).
         sub.update(id=new_id("sub"), customer=customer, status="active", metadata=metadata, created=start,
                    start_date=start, cancel_at_period_end=False, canceled_at=None, ended_at=None,
-                   cancel_at=None, livemode=False)
+                   cancel_at=None, livemode=False, pause_collection=None,
+                   default_payment_method=self.new_card())
         sub["items"] = {**sub["items"], "data": sub_items, "url": f"/v1/subscription_items?subscription={sub['id']}"}
         self.objects[sub["id"]] = sub
         self.emit("customer.subscription.created", sub)
@@ -351,6 +399,9 @@ class StripeSimulator:
         inv.update(status="open", hosted_invoice_url=f"https://invoice.stripe.com/i/{inv['id']}",
                    invoice_pdf=f"https://pay.stripe.com/invoice/{inv['id']}/pdf")
         self.emit("invoice.finalized", inv)
+        if (sub.get("pause_collection") or {}).get("behavior") == "void":
+            # Collection paused with `void`: the invoice is created and voided, never charged.
+            return self.close_invoice(inv, "void", "invoice.voided")
         if fail:
             self.fail_invoice(inv)
         else:
@@ -369,6 +420,25 @@ class StripeSimulator:
             sub["status"] = "active"
             self.emit("customer.subscription.updated", sub, previous)
         return inv
+
+    def attempt_payment(self, inv: dict, card: str | None) -> dict:
+        """A payment attempt with `card`, else the subscription's own card, else the customer's
+        default (Stripe's order): a declined card fails the attempt as Stripe does (402, and
+        `invoice.payment_failed`)."""
+        if inv["status"] == "paid":
+            raise ApiError(400, "Invoice is already paid", code="invoice_already_paid")
+        if inv["status"] not in ("open", "uncollectible"):
+            raise ApiError(400, f"You can only pay an open invoice; this one is {inv['status']}", code="invoice_not_open")
+        sub = self.objects.get(inv["parent"]["subscription_details"]["subscription"]) or {}
+        customer = self.objects.get(inv["customer"]) or {}
+        card = card or sub.get("default_payment_method") or (customer.get("invoice_settings") or {}).get("default_payment_method")
+        if card is not None and card not in self.cards:
+            raise ApiError(400, f"No such PaymentMethod: '{card}'", code="resource_missing", param="payment_method")
+        if card is None or self.cards[card]:
+            if inv["status"] == "open":
+                self.fail_invoice(inv)
+            raise ApiError(402, "Your card was declined.", type_="card_error", code="card_declined")
+        return self.pay_invoice(inv)
 
     def close_invoice(self, inv: dict, status: str, event_type: str) -> dict:
         """`mark_uncollectible` and `void`: only an open invoice, as Stripe allows."""
@@ -401,6 +471,21 @@ class StripeSimulator:
 
     def update_subscription(self, sub: dict, params: dict) -> dict:
         previous = {}
+        if "pause_collection" in params:
+            previous["pause_collection"] = sub.get("pause_collection")
+            value = params["pause_collection"]
+            if value == "":
+                sub["pause_collection"] = None
+            elif isinstance(value, dict) and value.get("behavior") in ("void", "keep_as_draft", "mark_uncollectible"):
+                sub["pause_collection"] = {"behavior": value["behavior"], "resumes_at": None}
+            else:
+                raise ApiError(400, "Invalid pause_collection[behavior]", param="pause_collection[behavior]")
+        if "default_payment_method" in params:
+            if params["default_payment_method"] not in self.cards:
+                raise ApiError(400, f"No such PaymentMethod: '{params['default_payment_method']}'",
+                               code="resource_missing", param="default_payment_method")
+            previous["default_payment_method"] = sub.get("default_payment_method")
+            sub["default_payment_method"] = params["default_payment_method"]
         if "cancel_at_period_end" in params:
             previous["cancel_at_period_end"] = sub["cancel_at_period_end"]
             sub["cancel_at_period_end"] = params["cancel_at_period_end"] == "true"
@@ -554,7 +639,7 @@ class StripeSimulator:
                 case "GET", ["invoices", iid]:
                     return 200, self.get(iid, "invoice")
                 case "POST", ["invoices", iid, "pay"]:
-                    return 200, self.pay_invoice(self.get(iid, "invoice"))
+                    return 200, self.attempt_payment(self.get(iid, "invoice"), params.get("payment_method"))
                 case "POST", ["invoices", iid, "mark_uncollectible"]:
                     return 200, self.close_invoice(self.get(iid, "invoice"), "uncollectible", "invoice.marked_uncollectible")
                 case "POST", ["invoices", iid, "void"]:
@@ -599,6 +684,9 @@ class StripeSimulator:
                 # The invoice bills the new period's fees ahead and the ended period's metered
                 # usage in arrears, as Stripe's renewal invoice does.
                 sub = self.get(sid, "subscription")
+                if body.get("fail") in (True, "true") and sub.get("default_payment_method"):
+                    # The card on file starts declining: Stripe's retries with it fail too.
+                    self.cards[sub["default_payment_method"]] = True
                 ended = (sub["items"]["data"][0]["current_period_start"], sub["items"]["data"][0]["current_period_end"])
                 for item in sub["items"]["data"]:
                     item["current_period_start"] = item["current_period_end"]
@@ -609,6 +697,25 @@ class StripeSimulator:
                 return self.fail_invoice(self.get(iid, "invoice"))
             case ["invoices", iid, "pay"]:
                 return self.pay_invoice(self.get(iid, "invoice"))
+            case ["invoices", iid, "retry"]:
+                # Stripe's own scheduled retry (Smart Retries): the subscription's card first.
+                inv = self.get(iid, "invoice")
+                try:
+                    return self.attempt_payment(inv, None)
+                except ApiError as e:
+                    if e.status != 402:
+                        raise
+                    return inv
+            case ["customers", cid, "payment_method"]:
+                # The customer adds a card in the portal ("update payment method"): it becomes
+                # the customer's default, and the subscription keeps its own card.
+                c = self.get(cid, "customer")
+                pm = self.new_card(declines=body.get("declines") in (True, "true"))
+                settings = c.get("invoice_settings") or {}
+                previous = {"invoice_settings": {"default_payment_method": settings.get("default_payment_method")}}
+                c["invoice_settings"] = {**settings, "default_payment_method": pm}
+                self.emit("customer.updated", c, previous)
+                return c
             case ["faults"]:
                 # {"method": "GET", "path": "/v1/events", "status": 429, "times": 2}
                 self.faults.append({"method": body.get("method"), "path": body["path"],

@@ -26,8 +26,17 @@ def test_the_public_webhook_is_throttled_and_its_function_capped():
 
 def test_the_app_facing_api_is_for_the_app_backend_only():
     doc = load()
-    for event in doc["Resources"]["ApiFunction"]["Properties"]["Events"].values():
-        assert event["Properties"]["Auth"]["Authorizer"] == "AWS_IAM", event
+    routes = set()
+    for fn, props in [(k, r["Properties"]) for k, r in doc["Resources"].items() if r["Type"] == "AWS::Serverless::Function"]:
+        for event in props.get("Events", {}).values():
+            path = event["Properties"].get("Path", "")
+            if event["Type"] == "HttpApi" and path.startswith("/v1/"):
+                assert event["Properties"]["Auth"]["Authorizer"] == "AWS_IAM", (fn, event)
+                routes.add(f"{event['Properties']['Method']} {path}")
+    # The brief's routes, all served.
+    assert routes == {"GET /v1/accounts/{account_id}", "GET /v1/accounts/{account_id}/invoices",
+                      "GET /v1/accounts/{account_id}/usage", "POST /v1/accounts/{account_id}/portal",
+                      "POST /v1/accounts/{account_id}/checkout"}
     api, usage = doc["Resources"]["AppBackendApiPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert api["Action"] == "execute-api:Invoke"
     assert api["Resource"]["Fn::Sub"].endswith("/*/*/v1/*")

@@ -1,8 +1,64 @@
 //! Answers to API Gateway's HTTP API (payload format 2.0).
 
-use aws_lambda_events::apigw::ApiGatewayV2httpResponse;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use aws_lambda_events::encodings::Body;
 use aws_lambda_events::http::{HeaderMap, HeaderValue, header::CONTENT_TYPE};
+use base64::Engine;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+/// The request's JSON object body (API Gateway may hand it over base64-encoded).
+pub fn json_body(request: &ApiGatewayV2httpRequest) -> Result<Map<String, Value>, String> {
+    let raw = request.body.as_deref().unwrap_or_default();
+    let bytes = if request.is_base64_encoded {
+        base64::engine::general_purpose::STANDARD
+            .decode(raw)
+            .map_err(|_| "the body is not valid base64".to_owned())?
+    } else {
+        raw.as_bytes().to_vec()
+    };
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err("the body must be a JSON object".into()),
+        Err(e) => Err(format!("the body is not JSON: {e}")),
+    }
+}
+
+/// The Stripe `Idempotency-Key` for an app's request, `{prefix}:{hash}`: derived from the app's
+/// own `Idempotency-Key` header when it sends one, else from `facts` (what the request asks
+/// for) and the minute it arrived, so that a retry of the same request makes the same Stripe
+/// object while a later visit gets a fresh one. `Err` names a malformed header.
+pub fn idempotency_key(
+    request: &ApiGatewayV2httpRequest,
+    prefix: &str,
+    facts: &[&str],
+) -> Result<String, String> {
+    if let Some(given) = request.headers.get("idempotency-key") {
+        let given = given
+            .to_str()
+            .map_err(|_| "Idempotency-Key must be printable ASCII".to_owned())?;
+        if given.is_empty() || given.len() > 200 || !given.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("Idempotency-Key must be 1 to 200 printable characters".into());
+        }
+        let mut parts = facts[..1.min(facts.len())].to_vec();
+        parts.push(given);
+        return Ok(format!("{prefix}:{}", hash(&parts)));
+    }
+    let minute = (request.request_context.time_epoch / 60_000).to_string();
+    let mut parts = facts.to_vec();
+    parts.push(&minute);
+    Ok(format!("{prefix}:{}", hash(&parts)))
+}
+
+/// 128 bits of SHA-256 over the parts, each terminated (so `["ab","c"]` ≠ `["a","bc"]`).
+pub fn hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(&h.finalize()[..16])
+}
 
 /// A small JSON answer with `status`.
 pub fn json_response(status: u16, body: &serde_json::Value) -> ApiGatewayV2httpResponse {

@@ -5,11 +5,10 @@
 //! customer portal session for the account's customer). IAM-authorised at the gateway; this code
 //! trusts the route.
 
-use base64::Engine;
 use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use shared::catalog::Catalog;
+use shared::http::{idempotency_key, json_body};
 use shared::ids::AccountId;
 use shared::store::usage::{ModelTotals, UsageStore};
 use shared::store::{AccountView, BillingStore, InvoiceView};
@@ -141,7 +140,8 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
                 Err(e) => return invalid("invalid_return_url", e),
             },
         };
-        let key = match idempotency_key(request, account, &return_url) {
+        // The account first: an app's own key is scoped to the account it names.
+        let key = match idempotency_key(request, "portal", &[account.as_str(), &return_url]) {
             Ok(k) => k,
             Err(e) => return invalid("invalid_idempotency_key", e),
         };
@@ -222,60 +222,9 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
     }
 }
 
-/// The request's JSON object body (API Gateway may hand it over base64-encoded).
-fn json_body(request: &ApiGatewayV2httpRequest) -> Result<serde_json::Map<String, Value>, String> {
-    let raw = request.body.as_deref().unwrap_or_default();
-    let bytes = if request.is_base64_encoded {
-        base64::engine::general_purpose::STANDARD
-            .decode(raw)
-            .map_err(|_| "the body is not valid base64".to_owned())?
-    } else {
-        raw.as_bytes().to_vec()
-    };
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err("the body must be a JSON object".into()),
-        Err(e) => Err(format!("the body is not JSON: {e}")),
-    }
-}
-
 /// A URL Stripe will send the customer to (`shared::http::check_link`).
 fn check_url(field: &str, url: &str) -> Result<(), String> {
     shared::http::check_link(url).map_err(|why| format!("{field} {why}"))
-}
-
-/// The Stripe `Idempotency-Key` for the request: derived from the app's own `Idempotency-Key`
-/// header when it sends one, else from the account, the return URL and the minute of the
-/// request, so that a retry of the same request opens the same session while a later visit gets
-/// a fresh one (portal sessions are short-lived).
-fn idempotency_key(
-    request: &ApiGatewayV2httpRequest,
-    account: &AccountId,
-    return_url: &str,
-) -> Result<String, String> {
-    if let Some(given) = request.headers.get("idempotency-key") {
-        let given = given
-            .to_str()
-            .map_err(|_| "Idempotency-Key must be printable ASCII".to_owned())?;
-        if given.is_empty() || given.len() > 200 || !given.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err("Idempotency-Key must be 1 to 200 printable characters".into());
-        }
-        return Ok(format!("portal:{}", hash(&[account.as_str(), given])));
-    }
-    let minute = request.request_context.time_epoch / 60_000;
-    Ok(format!(
-        "portal:{}",
-        hash(&[account.as_str(), return_url, &minute.to_string()])
-    ))
-}
-
-fn hash(parts: &[&str]) -> String {
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update(p.as_bytes());
-        h.update([0]);
-    }
-    hex::encode(&h.finalize()[..16])
 }
 
 /// A page of a list, as Stripe's list endpoints take it.

@@ -134,6 +134,11 @@ impl RealStripe {
         Ok(Self { client, budget })
     }
 
+    /// The async-stripe client, for typed requests a function sends itself.
+    pub fn client(&self) -> &stripe::Client {
+        &self.client
+    }
+
     async fn get(&self, path: String, what: String) -> Result<serde_json::Value, StripeApiError> {
         self.get_with(path, None, what).await
     }

@@ -1,0 +1,365 @@
+//! The checkout function's port to Stripe: create a customer for an account, and a Checkout
+//! Session, through async-stripe's typed requests (responses parsed strictly, as Stripe's
+//! objects). A fake for in-process tests.
+//!
+//! Each call carries an `Idempotency-Key` derived by the caller from the request. A 429 or 409
+//! (the key in use by a concurrent twin) is retried under the same key, so a retried request
+//! gets the first answer; after a 5xx, which Stripe stores under its key, the retry takes a key
+//! of its own (a second open session is harmless: only a completed one charges).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use shared::ids::AccountId;
+use shared::retry::full_jitter;
+use shared::stripe::api::RealStripe;
+use stripe::StripeRequest;
+use stripe_checkout::checkout_session::{
+    CreateCheckoutSession, CreateCheckoutSessionInvoiceCreation,
+    CreateCheckoutSessionInvoiceCreationInvoiceData, CreateCheckoutSessionLineItems,
+    CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionSubscriptionData,
+};
+use stripe_client_core::{IdempotencyKey, RequestStrategy};
+use stripe_core::customer::CreateCustomer;
+
+/// The metadata key naming the account, on every object the processor reads it from.
+pub const ACCOUNT_KEY: &str = "account_id";
+/// The metadata key naming the credit pack a payment buys.
+pub const CREDIT_PACK_KEY: &str = "credit_pack";
+/// The metadata key naming the plan a subscription checkout is for (for people reading Stripe).
+pub const PLAN_KEY: &str = "plan";
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CheckoutError {
+    /// 429, 409, 5xx, a timeout: the same request may succeed later.
+    #[error("Stripe did not answer; try again: {0}")]
+    Retryable(String),
+    /// Stripe refused the request itself (an unknown price, a deleted customer).
+    #[error("Stripe refused the request: {0}")]
+    Rejected(String),
+}
+
+/// What the customer buys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purchase {
+    /// A subscription: the plan's base price (quantity 1) and its metered prices (no quantity:
+    /// Stripe bills them from the meter).
+    Plan {
+        plan_id: String,
+        base_price: String,
+        metered_prices: Vec<String>,
+    },
+    /// A one-off payment for a credit pack, with an invoice.
+    CreditPack { pack_id: String, price_id: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequest {
+    pub account: AccountId,
+    pub customer_id: String,
+    pub purchase: Purchase,
+    pub success_url: String,
+    pub cancel_url: String,
+}
+
+impl SessionRequest {
+    /// The metadata the processor needs, the same on the session, the subscription or the
+    /// payment, and the invoice: the account, and what was bought.
+    pub fn metadata(&self) -> HashMap<String, String> {
+        let mut m = HashMap::from([(ACCOUNT_KEY.to_owned(), self.account.as_str().to_owned())]);
+        match &self.purchase {
+            Purchase::Plan { plan_id, .. } => {
+                m.insert(PLAN_KEY.to_owned(), plan_id.clone());
+            }
+            Purchase::CreditPack { pack_id, .. } => {
+                m.insert(CREDIT_PACK_KEY.to_owned(), pack_id.clone());
+            }
+        }
+        m
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub url: String,
+}
+
+pub trait CheckoutApi {
+    /// A Stripe customer for the account (its id in the metadata); its id.
+    fn create_customer(
+        &self,
+        account: &AccountId,
+        email: Option<&str>,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<String, CheckoutError>> + Send;
+
+    fn create_session(
+        &self,
+        request: &SessionRequest,
+        idempotency_key: &str,
+    ) -> impl Future<Output = Result<Session, CheckoutError>> + Send;
+}
+
+/// Attempts per call when Stripe answers 429, 409 or 5xx.
+const ATTEMPTS: u32 = 3;
+/// The whole call, retries included, inside the function's timeout.
+const BUDGET: Duration = Duration::from_secs(8);
+
+/// Stripe through async-stripe.
+#[derive(Debug, Clone)]
+pub struct RealCheckout {
+    stripe: RealStripe,
+}
+
+impl RealCheckout {
+    pub fn new(stripe: RealStripe) -> Self {
+        Self { stripe }
+    }
+
+    /// Sends `build(key)` under the caller's key (a new generation after a 5xx), retrying 429,
+    /// 409 and 5xx within the budget.
+    async fn send<R, T>(
+        &self,
+        idempotency_key: &str,
+        build: impl Fn() -> R,
+        read: impl Fn(R::Output) -> Result<T, CheckoutError>,
+    ) -> Result<T, CheckoutError>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + BUDGET;
+        let mut generation = 0u32;
+        let mut last = String::new();
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(full_jitter(Duration::from_millis(200), attempt)).await;
+            }
+            let key = if generation == 0 {
+                idempotency_key.to_owned()
+            } else {
+                format!("{idempotency_key}:{generation}")
+            };
+            let key = IdempotencyKey::new(&key)
+                .map_err(|e| CheckoutError::Rejected(format!("idempotency key: {e}")))?;
+            let call = build()
+                .customize()
+                .request_strategy(RequestStrategy::Idempotent(key))
+                .send(self.stripe.client());
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match tokio::time::timeout(left, call).await {
+                Err(_) => {
+                    last = "no answer within the call's budget".into();
+                    break;
+                }
+                Ok(Ok(out)) => return read(out),
+                Ok(Err(stripe::StripeError::Stripe(e, status)))
+                    if status == 429 || status == 409 || status >= 500 =>
+                {
+                    if status >= 500 {
+                        generation += 1;
+                    }
+                    last = format!("{status}: {}", e.message.unwrap_or_default());
+                }
+                Ok(Err(stripe::StripeError::Stripe(e, status))) => {
+                    return Err(CheckoutError::Rejected(format!(
+                        "{status}: {}",
+                        e.message.unwrap_or_default()
+                    )));
+                }
+                Ok(Err(other)) => last = other.to_string(),
+            }
+        }
+        Err(CheckoutError::Retryable(last))
+    }
+}
+
+impl CheckoutApi for RealCheckout {
+    async fn create_customer(
+        &self,
+        account: &AccountId,
+        email: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<String, CheckoutError> {
+        let metadata = HashMap::from([(ACCOUNT_KEY.to_owned(), account.as_str().to_owned())]);
+        self.send(
+            idempotency_key,
+            || {
+                let request = CreateCustomer::new().metadata(metadata.clone());
+                match email {
+                    Some(email) => request.email(email),
+                    None => request,
+                }
+            },
+            |customer| Ok(customer.id.as_str().to_owned()),
+        )
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        request: &SessionRequest,
+        idempotency_key: &str,
+    ) -> Result<Session, CheckoutError> {
+        let metadata = request.metadata();
+        self.send(
+            idempotency_key,
+            || {
+                let session = CreateCheckoutSession::new()
+                    .customer(request.customer_id.as_str())
+                    .client_reference_id(request.account.as_str())
+                    .success_url(request.success_url.as_str())
+                    .cancel_url(request.cancel_url.as_str())
+                    .metadata(metadata.clone());
+                match &request.purchase {
+                    Purchase::Plan {
+                        base_price,
+                        metered_prices,
+                        ..
+                    } => {
+                        let mut items = vec![line_item(base_price, Some(1))];
+                        items.extend(metered_prices.iter().map(|p| line_item(p, None)));
+                        let mut data = CreateCheckoutSessionSubscriptionData::new();
+                        data.metadata = Some(metadata.clone());
+                        session
+                            .mode(stripe_checkout::CheckoutSessionMode::Subscription)
+                            .line_items(items)
+                            .subscription_data(data)
+                    }
+                    Purchase::CreditPack { price_id, .. } => {
+                        let mut payment = CreateCheckoutSessionPaymentIntentData::new();
+                        payment.metadata = Some(metadata.clone());
+                        let mut invoice_data =
+                            CreateCheckoutSessionInvoiceCreationInvoiceData::new();
+                        invoice_data.metadata = Some(metadata.clone());
+                        let mut invoice = CreateCheckoutSessionInvoiceCreation::new(true);
+                        invoice.invoice_data = Some(invoice_data);
+                        session
+                            .mode(stripe_checkout::CheckoutSessionMode::Payment)
+                            .line_items(vec![line_item(price_id, Some(1))])
+                            .payment_intent_data(payment)
+                            .invoice_creation(invoice)
+                    }
+                }
+            },
+            |session| {
+                let url = session
+                    .url
+                    .ok_or_else(|| CheckoutError::Rejected("Stripe's session has no url".into()))?;
+                Ok(Session {
+                    id: session.id.as_str().to_owned(),
+                    url,
+                })
+            },
+        )
+        .await
+    }
+}
+
+fn line_item(price: &str, quantity: Option<u64>) -> CreateCheckoutSessionLineItems {
+    let mut item = CreateCheckoutSessionLineItems::new();
+    item.price = Some(price.to_owned());
+    item.quantity = quantity;
+    item
+}
+
+/// Stripe in memory: one object per idempotency key (a key seen before answers as the first
+/// time), every call recorded.
+#[derive(Debug, Default)]
+pub struct FakeCheckout {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    customers: Vec<(String, AccountId, Option<String>)>,
+    sessions: Vec<(String, SessionRequest)>,
+    calls: usize,
+    fail_next: Option<CheckoutError>,
+}
+
+impl FakeCheckout {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn fail_next(&self, error: CheckoutError) {
+        self.lock().fail_next = Some(error);
+    }
+
+    /// Sessions Stripe created (one per distinct key), as requested.
+    pub fn sessions(&self) -> Vec<SessionRequest> {
+        self.lock()
+            .sessions
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+
+    /// Customers Stripe created (one per distinct key): (account, email).
+    pub fn customers(&self) -> Vec<(AccountId, Option<String>)> {
+        self.lock()
+            .customers
+            .iter()
+            .map(|(_, a, e)| (a.clone(), e.clone()))
+            .collect()
+    }
+
+    pub fn calls(&self) -> usize {
+        self.lock().calls
+    }
+}
+
+impl CheckoutApi for FakeCheckout {
+    async fn create_customer(
+        &self,
+        account: &AccountId,
+        email: Option<&str>,
+        idempotency_key: &str,
+    ) -> Result<String, CheckoutError> {
+        let mut s = self.lock();
+        s.calls += 1;
+        if let Some(e) = s.fail_next.take() {
+            return Err(e);
+        }
+        let at = match s.customers.iter().position(|(k, ..)| k == idempotency_key) {
+            Some(at) => at,
+            None => {
+                s.customers.push((
+                    idempotency_key.to_owned(),
+                    account.clone(),
+                    email.map(str::to_owned),
+                ));
+                s.customers.len() - 1
+            }
+        };
+        Ok(format!("cus_fake{at}"))
+    }
+
+    async fn create_session(
+        &self,
+        request: &SessionRequest,
+        idempotency_key: &str,
+    ) -> Result<Session, CheckoutError> {
+        let mut s = self.lock();
+        s.calls += 1;
+        if let Some(e) = s.fail_next.take() {
+            return Err(e);
+        }
+        let at = match s.sessions.iter().position(|(k, _)| k == idempotency_key) {
+            Some(at) => at,
+            None => {
+                s.sessions
+                    .push((idempotency_key.to_owned(), request.clone()));
+                s.sessions.len() - 1
+            }
+        };
+        Ok(Session {
+            id: format!("cs_test_fake{at}"),
+            url: format!("https://checkout.stripe.com/c/pay/cs_test_fake{at}"),
+        })
+    }
+}
