@@ -306,7 +306,7 @@ def cold_start() -> None:
     from provision import provision
 
     run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage", "-p", "reporter",
-         "-p", "notifier", "-p", "reconciler", "-p", "dunning"])
+         "-p", "notifier", "-p", "reconciler", "-p", "dunning", "-p", "checkout"])
     with local_aws() as endpoints:
         endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
@@ -341,6 +341,10 @@ def cold_start() -> None:
             # A run with no open case: one query, no Stripe call.
             ("dunning", "DunningFunction", lambda: (ROOT / "events" / "dunning.json").read_bytes(),
              lambda r: r.get("cases") == 0),
+            # The sample asking for a plan the catalog does not sell: refused before any call
+            # (the round trips of a real checkout are counted below, against the simulator).
+            ("checkout", "CheckoutFunction", lambda: checkout_request("platinum"),
+             lambda r: r["statusCode"] == 400),
         ]
         results = {}
         for binary, name, event, ok in cases:
@@ -377,6 +381,7 @@ def cold_start() -> None:
                                    proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
         metering_rows = metering_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
         dunning_rows = dunning_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
+        checkout_rows = checkout_figures(env_of, proxy)
 
     for binary, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)
@@ -417,7 +422,7 @@ def cold_start() -> None:
         ratio = warm["python"] / warm["rust"]
         row("whole-handler CPU ratio Python / Rust", f"{ratio:.1f}×", "≥ 10×", ratio >= 10)
         row("webhook TCP connections opened per event", f"{warm['rust_connects']:.2f}", "0 (kept alive)", warm["rust_connects"] < 0.05)
-    for r in usage_rows + metering_rows + dunning_rows:
+    for r in usage_rows + metering_rows + dunning_rows + checkout_rows:
         row(*r)
 
 
@@ -701,6 +706,49 @@ def metering_figures(env_of, proxy: "CountingProxies", dynamodb_url: str, table:
     ]
 
 
+def checkout_request(plan: str, account: str = "acct_demo_1") -> bytes:
+    """The events/ sample for `plan` and `account`, without the app's key."""
+    request = json.loads((ROOT / "events" / "checkout.json").read_bytes())
+    body = json.loads(request["body"])
+    body["plan"] = plan
+    request["body"] = json.dumps(body)
+    request["pathParameters"]["account_id"] = account
+    request["headers"].pop("idempotency-key", None)
+    return json.dumps(request).encode()
+
+
+def checkout_figures(env_of, proxy: "CountingProxies") -> list[tuple]:
+    """A first checkout (a new customer) and a checkout for an account with a customer, each one
+    process behind the Runtime API against the Stripe simulator: DynamoDB and Stripe calls."""
+    from stripe_sim import load_prices, serve
+    from with_aws import free_port
+
+    port = free_port()
+    sim, server = serve(port, "http://127.0.0.1:9/unused", ["whsec_local"], load_prices())
+    sim.delivery["paused"] = True
+    env = {**env_of("CheckoutFunction"), "STRIPE_API_BASE": f"http://127.0.0.1:{port}"}
+    rows = []
+    try:
+        for label, plan in (("a first checkout (new customer)", "pro"), ("the same request retried", "pro")):
+            proxy.dynamodb.take_ops()
+            sim.api_calls.clear()
+            r = start_once(ROOT / "target" / "release" / "checkout", env, checkout_request(plan, "acct_bench_checkout"),
+                           proxy.aws.url, proxy.dynamodb.url, proxy)
+            assert r["response"]["statusCode"] == 200, f"{r['response']}\n{log_of(r)}"
+            ops = proxy.dynamodb.take_ops()
+            stripe_calls = sum(sim.api_calls.values())
+            rows.append((f"checkout DynamoDB calls, {label}", ", ".join(f"{k} {v}" for k, v in sorted(ops.items())),
+                         "1 read", sum(ops.values()) == 1))
+            rows.append((f"checkout Stripe calls, {label}", str(stripe_calls), "≤ 2 (customer, session)", stripe_calls <= 2))
+        sessions = [o for o in sim.objects.values() if o.get("object") == "checkout.session"]
+        customers = [o for o in sim.objects.values() if o.get("object") == "customer"]
+        rows.append(("  Stripe objects after the retry: sessions, customers", f"{len(sessions)}, {len(customers)}",
+                     "1, 1 (idempotent)", len(sessions) == 1 and len(customers) == 1))
+    finally:
+        server.shutdown()
+    return rows
+
+
 def dunning_figures(env_of, proxy: "CountingProxies", dynamodb_url: str, table: str) -> list[tuple]:
     """20 open cases at their third failure (email and downgrade due), one dunning run against
     the Stripe simulator, then a run with nothing due: DynamoDB and Stripe calls per case."""
@@ -837,7 +885,7 @@ def usage_load() -> None:
 
 
 def zip_size() -> None:
-    for binary in ("webhook", "processor", "api", "usage", "reporter", "notifier", "reconciler", "dunning"):
+    for binary in ("webhook", "processor", "api", "usage", "reporter", "notifier", "reconciler", "dunning", "checkout"):
         run(["cargo", "lambda", "build", "--release", "--arm64", "--bin", binary, "--output-format", "zip"])
         size = (ROOT / "target" / "lambda" / binary / "bootstrap.zip").stat().st_size
         row(f"{binary} deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)

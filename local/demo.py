@@ -146,41 +146,37 @@ def show_account(env: dict, account: str) -> None:
 
 def play_stripe_story(env: dict) -> None:
     account = f"acct_demo_{int(time.time()) % 100000}"
-    print(f"\n1. Ada subscribes to Pro through Stripe Checkout (account {account}).")
+    print(f"\n1. Ada subscribes to Pro through Stripe Checkout (account {account}): the app asks the API\n"
+          "   for a session, she pays on Stripe's page.")
     print("   Stripe delivers every webhook twice and out of order, as it may.\n")
     sim(env, "delivery", {"duplicate": 1, "reorder": True})
-    customer = stripe_call(env, "POST", "/v1/customers", {"email": "ada@example.com", "name": "Ada Lovelace",
-                                                           "metadata[account_id]": account})
-    session = stripe_call(env, "POST", "/v1/checkout/sessions", {
-        "mode": "subscription", "customer": customer["id"], "client_reference_id": account,
-        "line_items[0][price]": "price_pro_monthly", "line_items[0][quantity]": "1",
-        "line_items[1][price]": "price_pro_overage", "metadata[account_id]": account,
-        "subscription_data[metadata][account_id]": account,
+    session = post_api(env, f"/v1/accounts/{account}/checkout", {
+        "plan": "pro", "email": "ada@example.com",
         "success_url": "https://app.example.com/billing?ok", "cancel_url": "https://app.example.com/billing"})
-    sim(env, f"checkout/sessions/{session['id']}/complete")
+    print(f"    the app asks for a checkout session: {session['session_id'][:24]}… → {session['url'][:40]}…")
+    sim(env, f"checkout/sessions/{session['session_id']}/complete")
     sim(env, "drain")
     wait_for(env, account, lambda a: a["plan"] == "pro")
     time.sleep(1)
     show_account(env, account)
+    customer = api(env, f"/v1/accounts/{account}")["customer_id"]
 
-    print("\n2. She buys a 1M credit pack, then asks for 40 % back.\n")
-    pack = stripe_call(env, "POST", "/v1/checkout/sessions", {
-        "mode": "payment", "customer": customer["id"], "client_reference_id": account,
-        "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
-        "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
-        "payment_intent_data[metadata][account_id]": account})
-    done = sim(env, f"checkout/sessions/{pack['id']}/complete")
+    print("\n2. She buys a 1M credit pack through checkout (with its invoice), then asks for 40 % back.\n")
+    pack = post_api(env, f"/v1/accounts/{account}/checkout", {
+        "credit_pack": "credits_small",
+        "success_url": "https://app.example.com/billing?ok", "cancel_url": "https://app.example.com/billing"})
+    done = sim(env, f"checkout/sessions/{pack['session_id']}/complete")
     wait_for(env, account, lambda a: a["credits"] == 1_000_000)
-    print(f"    after the purchase: {api(env, f'/v1/accounts/{account}')['credits']:,} credits")
+    print(f"    after the purchase: {api(env, f'/v1/accounts/{account}')['credits']:,} credits (invoice {done['invoice']})")
     stripe_call(env, "POST", "/v1/refunds", {"payment_intent": done["payment_intent"], "amount": "400"})
     wait_for(env, account, lambda a: a["credits"] == 600_000)
     print(f"    after a 4.00 USD refund: {api(env, f'/v1/accounts/{account}')['credits']:,} credits")
 
     period = play_usage(env, account)
     play_notifications(env, account)
-    play_metering(env, account, api(env, f"/v1/accounts/{account}")["customer_id"], period)
+    play_metering(env, account, customer, period)
 
-    play_dunning(env, account, session_subscription(env, session["id"]), customer["id"])
+    play_dunning(env, account, session_subscription(env, session["session_id"]), customer)
     sim(env, "delivery", {"duplicate": 0, "reorder": False})
 
     deliveries = sim(env, "deliveries")["deliveries"]
@@ -336,9 +332,10 @@ def dunning_run(env: dict, t0: int, days: float, label: str) -> dict:
     """Fires the dunning function as its schedule would at day `days` of the case, and prints
     the steps it took."""
     result = fire(env, "DunningFunction", t0 + int(days * 86_400))
-    steps = ", ".join(t["step"] for t in result["taken"]) or "nothing due"
-    paid = f"; paid {result['paid']} invoice(s)" if result.get("paid") else ""
-    print(f"    day {days:>4g}  dunning run ({label}): {steps}{paid}")
+    steps = ", ".join(t["step"] for t in result["taken"])
+    if result.get("paid"):
+        steps = ", ".join(filter(None, [steps, "charged the new card: invoice paid"]))
+    print(f"    day {days:>5g}  dunning run ({label}): {steps or 'nothing due'}")
     return result
 
 
@@ -354,7 +351,7 @@ def play_dunning(env: dict, account: str, sub_id: str, customer: str) -> None:
     wait_for_invoice(env, account, failing["id"], lambda i: (i.get("dunning") or {}).get("status") == "open")
     case = next(i for i in api(env, f"/v1/accounts/{account}/invoices")["data"] if i["id"] == failing["id"])
     t0 = case["dunning"]["first_failed_at"]
-    print(f"    day    0  payment failed (1st); Stripe's own retry is scheduled for day 3")
+    print(f"    day     0  payment failed (1st); Stripe's own retry is scheduled for day 3")
     dunning_run(env, t0, 1, "Stripe's retry is due first: not doubled")
 
     def stripe_retry(day: int, nth: str) -> None:
@@ -363,7 +360,7 @@ def play_dunning(env: dict, account: str, sub_id: str, customer: str) -> None:
         sim(env, "drain")
         wait_for_invoice(env, account, failing["id"],
                          lambda i: (i.get("dunning") or {}).get("failures", 0) >= int(nth[0]))
-        print(f"    day {day:>4}  Stripe's retry with the subscription's card fails ({nth})")
+        print(f"    day {day:>5}  Stripe's retry with the subscription's card fails ({nth})")
 
     stripe_retry(3, "2nd")
     dunning_run(env, t0, 3, "second failure")
@@ -371,19 +368,19 @@ def play_dunning(env: dict, account: str, sub_id: str, customer: str) -> None:
     dunning_run(env, t0, 6, "third failure")
     a = wait_for(env, account, lambda a: a["downgraded"])
     sub = stripe_call(env, "GET", f"/v1/subscriptions/{sub_id}")
-    print(f"               plan now {a['plan']} (downgraded), {a['credits']:,} credits kept; "
+    print(f"                plan now {a['plan']} (downgraded), prepaid credits kept ({a['credits']:,} left); "
           f"Stripe collection paused ({sub['pause_collection']['behavior']})")
     dunning_run(env, t0, 13.99, "a run before the 14-day mark")
     dunning_run(env, t0, 14, "14 days unpaid")
     wait_for(env, account, lambda a: a["suspended"])
     track = usage(env, {"action": "track", "account_id": account, "request_id": "req_suspended",
                         "model": "gpt-4o-mini", "input_tokens": 100, "output_tokens": 50})
-    print(f"               suspended: a request is {usage_allowed(env, account)}; "
+    print(f"                suspended: a request is {usage_allowed(env, account)}; "
           f"one that ran anyway is {track['status']} ({track['units']} units)")
 
     portal = post_api(env, f"/v1/accounts/{account}/portal", {"return_url": "https://app.example.com/billing"})
-    print(f"    day   15  she opens the customer portal ({portal['url']}) and adds a new card;")
-    print("               it becomes her default, while the subscription still charges the old one")
+    print(f"    day    15  she opens the customer portal ({portal['url']}) and adds a new card;")
+    print("                it becomes her default, while the subscription still charges the old one")
     sim(env, f"customers/{customer}/payment_method")
     sim(env, "drain")
     time.sleep(1)
@@ -393,10 +390,10 @@ def play_dunning(env: dict, account: str, sub_id: str, customer: str) -> None:
         dunning_run(env, t0, 15.01, "the card trap, once her card reached the account")
     sim(env, "drain")
     a = wait_for(env, account, lambda a: not a["suspended"] and not a["downgraded"])
-    print(f"               invoice paid: plan {a['plan']} again at once; a request is {usage_allowed(env, account)}")
+    print(f"                invoice paid: plan {a['plan']} again at once; a request is {usage_allowed(env, account)}")
     dunning_run(env, t0, 15.02, "after the payment")
     sub = stripe_call(env, "GET", f"/v1/subscriptions/{sub_id}")
-    print(f"               Stripe collection resumed ({sub['pause_collection']}); "
+    print(f"                Stripe collection {'resumed' if sub['pause_collection'] is None else 'still paused'}; "
           f"the subscription now charges {sub['default_payment_method']}")
     deadline, names = time.monotonic() + 30, []
     while time.monotonic() < deadline:

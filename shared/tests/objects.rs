@@ -117,3 +117,38 @@ fn errors_never_quote_the_payload() {
         Err(EventError::Shape(_))
     ));
 }
+
+#[test]
+fn the_cards_dunning_compares_are_read_from_customers_and_subscriptions() {
+    // Stripe's fixtures have no card: neither object names one.
+    let e = StripeEvent::parse(&event("customer.updated", resource("customer"))).unwrap();
+    let EventData::CustomerUpdated(c) = &e.data else {
+        panic!("{:?}", e.data)
+    };
+    assert_eq!(c.default_payment_method(), None);
+    let e = StripeEvent::parse(&event(
+        "customer.subscription.updated",
+        resource("subscription"),
+    ))
+    .unwrap();
+    let EventData::SubscriptionUpdated(s) = &e.data else {
+        panic!("{:?}", e.data)
+    };
+    assert_eq!(s.default_payment_method(), None);
+
+    // The portal sets the customer's default; Checkout the subscription's (an id, or expanded).
+    let mut customer = resource("customer");
+    customer["invoice_settings"]["default_payment_method"] = json!("pm_new");
+    let e = StripeEvent::parse(&event("customer.updated", customer)).unwrap();
+    let EventData::CustomerUpdated(c) = &e.data else {
+        panic!()
+    };
+    assert_eq!(c.default_payment_method(), Some("pm_new"));
+    let mut sub = resource("subscription");
+    sub["default_payment_method"] = json!({ "id": "pm_old", "object": "payment_method" });
+    let e = StripeEvent::parse(&event("customer.subscription.updated", sub)).unwrap();
+    let EventData::SubscriptionUpdated(s) = &e.data else {
+        panic!()
+    };
+    assert_eq!(s.default_payment_method(), Some("pm_old"));
+}
