@@ -792,7 +792,10 @@ def make_handler(sim: StripeSimulator):
             except ValueError:
                 return self.respond(400, {"error": {"type": "invalid_request_error", "message": "Malformed body."}})
             key = self.headers.get("Idempotency-Key")
-            fingerprint = hashlib.sha256(f"{self.command} {url.path} {raw}".encode()).hexdigest()
+            # Stripe compares a key's parameters, not their bytes: the order of a hash's fields in
+            # the form (`metadata[a]`, `metadata[b]`) may differ between two sends of one request.
+            canonical = json.dumps(params, sort_keys=True)
+            fingerprint = hashlib.sha256(f"{self.command} {url.path} {canonical}".encode()).hexdigest()
             if key and self.command == "POST" and not control:
                 with sim.lock:
                     seen = sim.idempotency.get(key)

@@ -1,5 +1,5 @@
 """`POST /v1/accounts/{account_id}/checkout` through the HTTP API, on the simulator through
-async-stripe's typed requests (its customer and session answers parsed strictly): the sessions
+async-stripe's typed requests: the sessions
 complete into the events Stripe sends, and the processor makes of them the plan, the credits and
 the invoice; retries make one session; an account on the plan gets a 409."""
 

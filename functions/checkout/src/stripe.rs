@@ -1,6 +1,7 @@
 //! The checkout function's port to Stripe: create a customer for an account, and a Checkout
-//! Session, through async-stripe's typed requests (responses parsed strictly, as Stripe's
-//! objects). A fake for in-process tests.
+//! Session, through async-stripe's typed requests. Only what is used is read from the answers
+//! (the ids and the session's URL): async-stripe's strict models of a whole customer and a
+//! whole session would take the function past 5 MB, for two fields. A fake for in-process tests.
 //!
 //! Each call carries an `Idempotency-Key` derived by the caller from the request. A 429 or 409
 //! (the key in use by a concurrent twin) is retried under the same key, so a retried request
@@ -21,7 +22,7 @@ use stripe_checkout::checkout_session::{
     CreateCheckoutSessionInvoiceCreationInvoiceData, CreateCheckoutSessionLineItems,
     CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionSubscriptionData,
 };
-use stripe_client_core::{IdempotencyKey, RequestStrategy};
+use stripe_client_core::{IdempotencyKey, RequestBuilder, RequestStrategy};
 use stripe_core::customer::CreateCustomer;
 
 /// The metadata key naming the account, on every object the processor reads it from.
@@ -125,11 +126,10 @@ impl RealCheckout {
         &self,
         idempotency_key: &str,
         build: impl Fn() -> R,
-        read: impl Fn(R::Output) -> Result<T, CheckoutError>,
+        read: impl Fn(LeanAnswer) -> Result<T, CheckoutError>,
     ) -> Result<T, CheckoutError>
     where
         R: StripeRequest,
-        R::Output: miniserde::Deserialize + Send + 'static,
     {
         let deadline = tokio::time::Instant::now() + BUDGET;
         let mut generation = 0u32;
@@ -145,7 +145,7 @@ impl RealCheckout {
             };
             let key = IdempotencyKey::new(&key)
                 .map_err(|e| CheckoutError::Rejected(format!("idempotency key: {e}")))?;
-            let call = build()
+            let call = Lean(build())
                 .customize()
                 .request_strategy(RequestStrategy::Idempotent(key))
                 .send(self.stripe.client());
@@ -155,7 +155,7 @@ impl RealCheckout {
                     last = "no answer within the call's budget".into();
                     break;
                 }
-                Ok(Ok(out)) => return read(out),
+                Ok(Ok(out)) => return read(LeanAnswer(out)),
                 Ok(Err(stripe::StripeError::Stripe(e, status)))
                     if status == 429 || status == 409 || status >= 500 =>
                 {
@@ -194,7 +194,7 @@ impl CheckoutApi for RealCheckout {
                     None => request,
                 }
             },
-            |customer| Ok(customer.id.as_str().to_owned()),
+            |customer| customer.text("id"),
         )
         .await
     }
@@ -246,16 +246,44 @@ impl CheckoutApi for RealCheckout {
                 }
             },
             |session| {
-                let url = session
-                    .url
-                    .ok_or_else(|| CheckoutError::Rejected("Stripe's session has no url".into()))?;
                 Ok(Session {
-                    id: session.id.as_str().to_owned(),
-                    url,
+                    id: session.text("id")?,
+                    url: session.text("url")?,
                 })
             },
         )
         .await
+    }
+}
+
+/// A typed request whose answer is kept as JSON.
+struct Lean<R>(R);
+
+impl<R: StripeRequest> StripeRequest for Lean<R> {
+    type Output = miniserde::json::Value;
+
+    fn build(&self) -> RequestBuilder {
+        self.0.build()
+    }
+}
+
+/// Stripe's answer, as JSON.
+pub struct LeanAnswer(miniserde::json::Value);
+
+impl LeanAnswer {
+    /// A string field of the object; without it, the answer is not the object asked for.
+    fn text(&self, field: &str) -> Result<String, CheckoutError> {
+        match &self.0 {
+            miniserde::json::Value::Object(o) => match o.get(field) {
+                Some(miniserde::json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                _ => Err(CheckoutError::Rejected(format!(
+                    "Stripe's answer has no {field}"
+                ))),
+            },
+            _ => Err(CheckoutError::Rejected(
+                "Stripe's answer is not an object".into(),
+            )),
+        }
     }
 }
 
