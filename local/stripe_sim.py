@@ -79,6 +79,7 @@ class StripeSimulator:
         self.objects: dict[str, dict] = {}
         self.events: list[dict] = []
         self.idempotency: dict[str, tuple[str, int, bytes]] = {}
+        self.idempotency_in_flight: set[str] = set()
         self.meter_events: dict[str, dict] = {}
         self.cards: dict[str, bool] = {}  # payment method id -> whether it is declined
         self.meters = load_meters()
@@ -792,13 +793,21 @@ def make_handler(sim: StripeSimulator):
             except ValueError:
                 return self.respond(400, {"error": {"type": "invalid_request_error", "message": "Malformed body."}})
             key = self.headers.get("Idempotency-Key")
-            # Stripe compares a key's parameters, not their bytes: the order of a hash's fields in
-            # the form (`metadata[a]`, `metadata[b]`) may differ between two sends of one request.
-            canonical = json.dumps(params, sort_keys=True)
-            fingerprint = hashlib.sha256(f"{self.command} {url.path} {canonical}".encode()).hexdigest()
-            if key and self.command == "POST" and not control:
+            # The body byte for byte: perhaps stricter than Stripe, which documents comparing the
+            # parameters; it makes a request whose fields move between sends fail here first.
+            fingerprint = hashlib.sha256(f"{self.command} {url.path} {raw}".encode()).hexdigest()
+            keyed = bool(key) and self.command == "POST" and not control
+            if keyed:
                 with sim.lock:
                     seen = sim.idempotency.get(key)
+                    # As Stripe: a second request under a key whose first is still running is
+                    # answered 409, to be retried.
+                    busy = not seen and key in sim.idempotency_in_flight
+                    if not seen and not busy:
+                        sim.idempotency_in_flight.add(key)
+                if busy:
+                    return self.respond(409, {"error": {"type": "idempotency_error", "code": "idempotency_key_in_use",
+                        "message": "There is currently another in-progress request using this Idempotent Key."}})
                 if seen:
                     if seen[0] != fingerprint:
                         return self.respond(400, {"error": {"type": "idempotency_error",
@@ -808,11 +817,18 @@ def make_handler(sim: StripeSimulator):
                 status, body = sim.route(self.command, url.path, params, query)
             except ApiError as e:
                 status, body = e.status, e.body
+            except Exception:
+                if keyed:
+                    with sim.lock:
+                        sim.idempotency_in_flight.discard(key)
+                raise
             data = json.dumps(body).encode()
-            # Stripe keeps the first answer to a key for 24 hours, errors included (but not 5xx).
-            if key and self.command == "POST" and not control and status < 500:
+            if keyed:
                 with sim.lock:
-                    sim.idempotency.setdefault(key, (fingerprint, status, data))
+                    # Stripe keeps the first answer to a key for 24 hours, errors included (but not 5xx).
+                    if status < 500:
+                        sim.idempotency.setdefault(key, (fingerprint, status, data))
+                    sim.idempotency_in_flight.discard(key)
             self.respond(status, data)
 
         do_GET = do_POST = do_DELETE = lambda self: self.handle_any()  # noqa: E731

@@ -70,3 +70,17 @@ def test_checkout_refuses_what_it_cannot_sell(stack):
     assert (status, body["error"]["code"]) == (400, "unknown_credit_pack"), body
     status, body = checkout(env, account, {"plan": "pro", "success_url": "ftp://x", "cancel_url": BACK})
     assert (status, body["error"]["code"]) == (400, "invalid_success_url"), body
+
+
+def test_a_request_retried_across_instances_is_one_session(stack):
+    """Eight sends of one request at once reach several warm instances of the function: each
+    sends Stripe the same body under the same key, so Stripe answers them all with one session."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    env, _ = stack
+    account = f"acct_{uuid.uuid4().hex[:10]}"
+    body = {"credit_pack": "credits_large", "success_url": OK, "cancel_url": BACK}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: checkout(env, account, body, {"Idempotency-Key": "pack-9"}), range(8)))
+    assert {a[0] for a in answers} == {200}, answers
+    assert len({a[1]["session_id"] for a in answers}) == 1, answers

@@ -256,15 +256,28 @@ impl CheckoutApi for RealCheckout {
     }
 }
 
-/// A typed request whose answer is kept as JSON.
+/// A typed request whose answer is kept as JSON, and whose form is sent in one order.
 struct Lean<R>(R);
 
 impl<R: StripeRequest> StripeRequest for Lean<R> {
     type Output = miniserde::json::Value;
 
     fn build(&self) -> RequestBuilder {
-        self.0.build()
+        let mut request = self.0.build();
+        request.body = request.body.map(|b| canonical_form(&b));
+        request
     }
+}
+
+/// The form's fields ordered by name (stable, so repeated names keep their order). async-stripe
+/// encodes metadata in its hash map's order, which differs from one process to the next: a
+/// retry from another Lambda instance must send the same body under the same idempotency key.
+/// Every field is named by its full path (`metadata[plan]`, `line_items[1][price]`), so the
+/// order carries no meaning.
+pub fn canonical_form(body: &str) -> String {
+    let mut fields: Vec<&str> = body.split('&').filter(|f| !f.is_empty()).collect();
+    fields.sort_by_key(|f| f.split('=').next().unwrap_or_default());
+    fields.join("&")
 }
 
 /// Stripe's answer, as JSON.
@@ -389,5 +402,52 @@ impl CheckoutApi for FakeCheckout {
             id: format!("cs_test_fake{at}"),
             url: format!("https://checkout.stripe.com/c/pay/cs_test_fake{at}"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(account: &str) -> SessionRequest {
+        SessionRequest {
+            account: AccountId::parse(account).unwrap(),
+            customer_id: "cus_1".into(),
+            purchase: Purchase::CreditPack {
+                pack_id: "credits_small".into(),
+                price_id: "price_credits_1m".into(),
+            },
+            success_url: "https://app.example.com/ok".into(),
+            cancel_url: "https://app.example.com/no".into(),
+        }
+    }
+
+    #[test]
+    fn the_same_request_is_the_same_form_whatever_the_hash_order() {
+        let bodies: std::collections::BTreeSet<String> = (0..32)
+            .map(|_| {
+                let r = session("acct_1");
+                let metadata = r.metadata();
+                let mut payment = CreateCheckoutSessionPaymentIntentData::new();
+                payment.metadata = Some(metadata.clone());
+                let typed = CreateCheckoutSession::new()
+                    .metadata(metadata)
+                    .payment_intent_data(payment);
+                Lean(typed).build().body.unwrap_or_default()
+            })
+            .collect();
+        assert_eq!(bodies.len(), 1, "{bodies:?}");
+        let body = bodies.into_iter().next().unwrap();
+        assert!(
+            body.contains("metadata[account_id]=acct_1")
+                || body.contains("metadata%5Baccount_id%5D=acct_1"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn fields_are_ordered_by_name_and_repeated_names_keep_their_order() {
+        assert_eq!(canonical_form("b=2&a[]=x&c=3&a[]=y"), "a[]=x&a[]=y&b=2&c=3");
+        assert_eq!(canonical_form(""), "");
     }
 }
