@@ -14,15 +14,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use shared::ids::AccountId;
-use shared::retry::full_jitter;
 use shared::stripe::api::RealStripe;
+use shared::stripe::keyed::{KeyedError, send_keyed};
 use stripe::StripeRequest;
 use stripe_checkout::checkout_session::{
     CreateCheckoutSession, CreateCheckoutSessionInvoiceCreation,
     CreateCheckoutSessionInvoiceCreationInvoiceData, CreateCheckoutSessionLineItems,
     CreateCheckoutSessionPaymentIntentData, CreateCheckoutSessionSubscriptionData,
 };
-use stripe_client_core::{IdempotencyKey, RequestBuilder, RequestStrategy};
+use stripe_client_core::RequestBuilder;
 use stripe_core::customer::CreateCustomer;
 
 /// The metadata key naming the account, on every object the processor reads it from.
@@ -104,8 +104,6 @@ pub trait CheckoutApi {
     ) -> impl Future<Output = Result<Session, CheckoutError>> + Send;
 }
 
-/// Attempts per call when Stripe answers 429, 409 or 5xx.
-const ATTEMPTS: u32 = 3;
 /// The whole call, retries included, inside the function's timeout.
 const BUDGET: Duration = Duration::from_secs(8);
 
@@ -120,8 +118,8 @@ impl RealCheckout {
         Self { stripe }
     }
 
-    /// Sends `build(key)` under the caller's key (a new generation after a 5xx), retrying 429,
-    /// 409 and 5xx within the budget.
+    /// Sends `build()` under the caller's key (`shared::stripe::keyed`: a new key after a 5xx,
+    /// which is harmless here: a second open session charges nothing), its answer as JSON.
     async fn send<R, T>(
         &self,
         idempotency_key: &str,
@@ -131,49 +129,15 @@ impl RealCheckout {
     where
         R: StripeRequest,
     {
-        let deadline = tokio::time::Instant::now() + BUDGET;
-        let mut generation = 0u32;
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(full_jitter(Duration::from_millis(200), attempt)).await;
-            }
-            let key = if generation == 0 {
-                idempotency_key.to_owned()
-            } else {
-                format!("{idempotency_key}:{generation}")
-            };
-            let key = IdempotencyKey::new(&key)
-                .map_err(|e| CheckoutError::Rejected(format!("idempotency key: {e}")))?;
-            let call = Lean(build())
-                .customize()
-                .request_strategy(RequestStrategy::Idempotent(key))
-                .send(self.stripe.client());
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, call).await {
-                Err(_) => {
-                    last = "no answer within the call's budget".into();
-                    break;
-                }
-                Ok(Ok(out)) => return read(LeanAnswer(out)),
-                Ok(Err(stripe::StripeError::Stripe(e, status)))
-                    if status == 429 || status == 409 || status >= 500 =>
-                {
-                    if status >= 500 {
-                        generation += 1;
-                    }
-                    last = format!("{status}: {}", e.message.unwrap_or_default());
-                }
-                Ok(Err(stripe::StripeError::Stripe(e, status))) => {
-                    return Err(CheckoutError::Rejected(format!(
-                        "{status}: {}",
-                        e.message.unwrap_or_default()
-                    )));
-                }
-                Ok(Err(other)) => last = other.to_string(),
-            }
+        match send_keyed(self.stripe.client(), BUDGET, idempotency_key, || {
+            Lean(build())
+        })
+        .await
+        {
+            Ok(answer) => read(LeanAnswer(answer)),
+            Err(KeyedError::Retryable(why)) => Err(CheckoutError::Retryable(why)),
+            Err(refused) => Err(CheckoutError::Rejected(refused.describe())),
         }
-        Err(CheckoutError::Retryable(last))
     }
 }
 

@@ -10,14 +10,13 @@
 
 use std::future::Future;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use stripe::StripeRequest;
-use stripe_client_core::{IdempotencyKey, RequestBuilder, RequestStrategy, StripeMethod};
+use stripe_client_core::{RequestBuilder, StripeMethod};
 
 use super::api::RealStripe;
-use crate::retry::full_jitter;
+use super::keyed::{KeyedError, send_keyed};
 
 /// What an attempt to pay an invoice came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +85,6 @@ impl StripeRequest for RawPost {
     }
 }
 
-/// Attempts per call when Stripe answers 429, 409 (the key in use) or 5xx.
-const ATTEMPTS: u32 = 3;
-
 /// How one post ended, before the caller reads it.
 enum Posted {
     Ok,
@@ -97,63 +93,24 @@ enum Posted {
 }
 
 impl RealStripe {
+    /// A form post under `key`. Safe to resend under a new key after a 5xx: paying twice is
+    /// refused by the invoice itself (a paid invoice cannot be paid), and the subscription
+    /// updates set a value.
     async fn post(&self, path: String, form: Value, key: &str) -> Result<Posted, DunningCallError> {
-        let deadline = tokio::time::Instant::now() + self.budget;
-        // Stripe stores a 5xx under its key and replays it: a retry after one goes out under a
-        // key of its own. Safe for these calls: paying twice is refused by the invoice itself
-        // (a paid invoice cannot be paid), and the subscription updates set a value.
-        let mut generation = 0u32;
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(full_jitter(Duration::from_millis(200), attempt)).await;
-            }
-            let this_key = if generation == 0 {
-                key.to_owned()
-            } else {
-                format!("{key}:{generation}")
-            };
-            let idempotency = IdempotencyKey::new(&this_key)
-                .map_err(|e| DunningCallError::Rejected(format!("idempotency key: {e}")))?;
-            let request = RawPost {
-                path: path.clone(),
-                form: form.clone(),
-            };
-            let call = request
-                .customize()
-                .request_strategy(RequestStrategy::Idempotent(idempotency))
-                .send(&self.client);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left, call).await {
-                Err(_) => {
-                    last = "no answer within the call's budget".into();
-                    break;
-                }
-                Ok(Ok(_)) => return Ok(Posted::Ok),
-                Ok(Err(stripe::StripeError::Stripe(e, status)))
-                    if status == 429 || status == 409 || status >= 500 =>
-                {
-                    if status >= 500 {
-                        generation += 1;
-                    }
-                    last = format!("{status}: {}", e.message.unwrap_or_default());
-                }
-                Ok(Err(stripe::StripeError::Stripe(e, status))) => {
-                    let code = e.code.as_ref().map(|c| c.as_str().to_owned());
-                    let reason = format!(
-                        "{status} {}: {}",
-                        code.unwrap_or_default(),
-                        e.message.unwrap_or_default()
-                    );
-                    return match status {
-                        402 | 400 => Ok(Posted::Refused(reason)),
-                        _ => Err(DunningCallError::Rejected(reason)),
-                    };
-                }
-                Ok(Err(other)) => last = other.to_string(),
-            }
+        let build = || RawPost {
+            path: path.clone(),
+            form: form.clone(),
+        };
+        match send_keyed(&self.client, self.budget, key, build).await {
+            Ok(_) => Ok(Posted::Ok),
+            Err(KeyedError::Retryable(why)) => Err(DunningCallError::Retryable(why)),
+            Err(KeyedError::Refused {
+                status: 402 | 400,
+                reason,
+                ..
+            }) => Ok(Posted::Refused(reason)),
+            Err(refused) => Err(DunningCallError::Rejected(refused.describe())),
         }
-        Err(DunningCallError::Retryable(last))
     }
 
     async fn update_subscription(

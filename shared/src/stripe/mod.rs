@@ -3,6 +3,7 @@
 pub mod api;
 pub mod dunning;
 pub mod envelope;
+pub mod keyed;
 pub mod meter;
 pub mod objects;
 pub mod portal;

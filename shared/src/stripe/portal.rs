@@ -9,12 +9,10 @@ use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use stripe::StripeRequest;
 use stripe_billing::billing_portal_session::CreateBillingPortalSession;
-use stripe_client_core::{IdempotencyKey, RequestStrategy};
 
 use super::api::RealStripe;
-use crate::retry::full_jitter;
+use super::keyed::{KeyedError, send_keyed};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortalError {
@@ -36,8 +34,6 @@ pub trait PortalApi {
     ) -> impl Future<Output = Result<String, PortalError>> + Send;
 }
 
-/// Attempts per portal call when Stripe answers 429, 409 (the key in use) or 5xx.
-const ATTEMPTS: u32 = 3;
 /// The whole call, retries included, inside the API function's timeout.
 const BUDGET: Duration = Duration::from_secs(8);
 
@@ -48,56 +44,25 @@ impl PortalApi for RealStripe {
         return_url: &str,
         idempotency_key: &str,
     ) -> Result<String, PortalError> {
-        let deadline = tokio::time::Instant::now() + BUDGET;
-        // Stripe keeps a 5xx answer under its key and replays it: after one, the next attempt
-        // goes out under a key of its own (a second portal session is harmless, a stuck key is not).
-        let mut generation = 0u32;
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(full_jitter(Duration::from_millis(200), attempt)).await;
-            }
-            let key = if generation == 0 {
-                idempotency_key.to_owned()
-            } else {
-                format!("{idempotency_key}:{generation}")
-            };
-            let key = IdempotencyKey::new(&key)
-                .map_err(|e| PortalError::Rejected(format!("idempotency key: {e}")))?;
-            let request = CreateBillingPortalSession::new()
+        // After a 5xx the retry takes a key of its own: a second portal session is harmless, a
+        // stuck key is not.
+        let build = || {
+            CreateBillingPortalSession::new()
                 .customer(customer_id)
-                .return_url(return_url);
-            let call = request
-                .customize()
-                .request_strategy(RequestStrategy::Idempotent(key))
-                .send(&self.client);
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match tokio::time::timeout(left.min(self.budget), call).await {
-                Err(_) => {
-                    last = "no answer within the call's budget".into();
-                    if tokio::time::Instant::now() >= deadline {
-                        break;
-                    }
-                }
-                Ok(Ok(session)) => return Ok(session.url),
-                Ok(Err(stripe::StripeError::Stripe(e, status)))
-                    if status == 429 || status == 409 || status >= 500 =>
-                {
-                    if status >= 500 {
-                        generation += 1;
-                    }
-                    last = format!("{status}: {}", e.message.unwrap_or_default());
-                }
-                Ok(Err(stripe::StripeError::Stripe(e, status))) => {
-                    return Err(PortalError::Rejected(format!(
-                        "{status}: {}",
-                        e.message.unwrap_or_default()
-                    )));
-                }
-                Ok(Err(other)) => last = other.to_string(),
-            }
+                .return_url(return_url)
+        };
+        match send_keyed(
+            &self.client,
+            BUDGET.min(self.budget),
+            idempotency_key,
+            build,
+        )
+        .await
+        {
+            Ok(session) => Ok(session.url),
+            Err(KeyedError::Retryable(why)) => Err(PortalError::Retryable(why)),
+            Err(refused) => Err(PortalError::Rejected(refused.describe())),
         }
-        Err(PortalError::Retryable(last))
     }
 }
 
