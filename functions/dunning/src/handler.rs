@@ -169,20 +169,13 @@ impl<S: DunningStore, A: DunningApi> Dunning<S, A> {
                     outcome == PayOutcome::Paid
                 }
                 Step::Downgrade => {
-                    match self
+                    // A subscription Stripe will not pause (cancelled meanwhile) bills
+                    // nothing anyway: the local downgrade still stands.
+                    let paused = self
                         .stripe
                         .pause_collection(subscription, &stripe_key(case, step.as_str()))
-                        .await
-                    {
-                        Ok(()) => {}
-                        // A subscription Stripe will not pause (cancelled meanwhile) bills
-                        // nothing anyway: the local downgrade still stands.
-                        Err(DunningCallError::Rejected(why)) => {
-                            warn!(case_id = %case_id(case), invoice_id = %case.invoice_id,
-                                account_id = %case.account, %why, "Stripe did not pause the subscription's collection");
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
+                        .await;
+                    tolerate_rejection(paused, case, "pause")?;
                     false
                 }
                 Step::NotifyPaymentFailed | Step::Suspend | Step::Reactivate => false,
@@ -208,18 +201,11 @@ impl<S: DunningStore, A: DunningApi> Dunning<S, A> {
         if resumes_collection(&policy_case)
             && let Some(subscription) = case.subscription_id.as_deref()
         {
-            match self
+            let resumed = self
                 .stripe
                 .resume_collection(subscription, &stripe_key(case, "resume"))
-                .await
-            {
-                Ok(()) => {}
-                Err(DunningCallError::Rejected(why)) => {
-                    warn!(case_id = %case_id(case), invoice_id = %case.invoice_id,
-                        account_id = %case.account, %why, "Stripe did not resume the subscription's collection");
-                }
-                Err(e) => return Err(e.into()),
-            }
+                .await;
+            tolerate_rejection(resumed, case, "resume")?;
         }
         if due_steps(&policy_case, &self.policy, now).contains(&Step::Reactivate) {
             // Recording the reactivation also takes the case out of the index.
@@ -261,6 +247,24 @@ impl<S: DunningStore, A: DunningApi> Dunning<S, A> {
 }
 
 /// A case's id in logs: the account and the invoice it is about.
+/// A pause or resume that Stripe refuses (the subscription was cancelled meanwhile) changes
+/// nothing it would bill, so the case moves on with a warning; anything else is retried.
+fn tolerate_rejection(
+    result: Result<(), DunningCallError>,
+    case: &CaseRecord,
+    action: &str,
+) -> Result<(), CaseError> {
+    match result {
+        Ok(()) => Ok(()),
+        Err(DunningCallError::Rejected(why)) => {
+            warn!(case_id = %case_id(case), invoice_id = %case.invoice_id,
+                account_id = %case.account, %why, action, "Stripe refused to change the subscription's collection");
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn case_id(case: &CaseRecord) -> String {
     format!("{}/{}", case.account, case.invoice_id)
 }
