@@ -433,8 +433,52 @@ def session_subscription(env: dict, session_id: str) -> str:
     return stripe_call(env, "GET", f"/v1/checkout/sessions/{session_id}")["subscription"]
 
 
+def deal_price(env: dict, included_units: int, tiers: list[tuple[str, str]]) -> dict:
+    """A metered price on volume tiers, made for one customer as sales would in Stripe."""
+    params = {"currency": "usd", "product_data[name]": "Acme volume overage", "recurring[interval]": "month",
+              "recurring[usage_type]": "metered", "recurring[meter]": "mtr_local_overage",
+              "billing_scheme": "tiered", "tiers_mode": "volume",
+              "metadata[plan]": "enterprise", "metadata[included_units]": str(included_units)}
+    for i, (up_to, cents) in enumerate(tiers):
+        params[f"tiers[{i}][up_to]"], params[f"tiers[{i}][unit_amount_decimal]"] = up_to, cents
+    return stripe_call(env, "POST", "/v1/prices", params)
+
+
+def play_enterprise(env: dict) -> None:
+    print("\n7. An enterprise deal, made in Stripe while everything runs (no catalog change, no deploy):\n"
+          "   sales create a volume-tiered overage price whose metadata names the plan and allowance.\n")
+    account = "acct_demo_acme"
+    customer = stripe_call(env, "POST", "/v1/customers", {"email": "billing@acme.example", "metadata[account_id]": account})
+    tiers = [("2000000", "0.03"), ("inf", "0.02")]
+    price = deal_price(env, 2_000_000, tiers)
+    print(f"    {price['id']}: plan=enterprise, included_units=2,000,000; overage "
+          + ", then ".join(f"{c} ¢/unit up to {u}" for u, c in tiers))
+    sub = stripe_call(env, "POST", "/v1/subscriptions", {
+        "customer": customer["id"], "metadata[account_id]": account,
+        "items[0][price]": "price_enterprise_monthly", "items[1][price]": price["id"]})
+    a = wait_for(env, account, lambda b: b["included_units"] == 2_000_000)
+    print(f"    the account at once: plan {a['plan']}, {a['included_units']:,} units included")
+    t = usage(env, {"action": "track", "account_id": account, "request_id": "acme-1", "model": "gpt-4o-mini",
+                    "input_tokens": 1_000_000, "output_tokens": 600_000})
+    show_track("acme-1   gpt-4o-mini 1,000,000 in / 600,000 out", t)
+    print("\n    Mid-period, sales raise the allowance to 3,000,000 with a new price on the same item:")
+    raised = deal_price(env, 3_000_000, [("5000000", "0.025"), ("inf", "0.015")])
+    item = next(i for i in sub["items"]["data"] if i["price"]["id"] == price["id"])
+    stripe_call(env, "POST", f"/v1/subscriptions/{sub['id']}", {"items[0][id]": item["id"], "items[0][price]": raised["id"]})
+    wait_for(env, account, lambda b: b["included_units"] == 3_000_000)
+    t = usage(env, {"action": "track", "account_id": account, "request_id": "acme-2", "model": "gpt-4o-mini",
+                    "input_tokens": 1_500_000, "output_tokens": 0})
+    show_track("acme-2   gpt-4o-mini 1,500,000 in", t)
+    print("    (the 200,000 units of overage recorded before the change stay overage: never repriced backwards)")
+    fire(env, "ReporterFunction")
+    invoice = sim(env, f"subscriptions/{sub['id']}/renew")
+    print("\n    The renewal invoice bills the period's overage from the meter on the deal's tiers:")
+    for line in invoice["lines"]["data"]:
+        print(f"      {line['description']:<52} {line['amount'] / 100:>10,.2f} USD")
+
+
 def play_forgeries(env: dict) -> None:
-    print(f"\n7. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
+    print(f"\n9. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
     for what, body, signature in forgeries(int(time.time())):
         event = json.loads(body)
         status, answer = deliver(env["WEBHOOK_URL"], body, signature)
@@ -444,6 +488,7 @@ def play_forgeries(env: dict) -> None:
 
 def play(env: dict) -> None:
     play_stripe_story(env)
+    play_enterprise(env)
     play_forgeries(env)
     print("\nLogs:", Settings().state / "logs")
 

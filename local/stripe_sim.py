@@ -185,6 +185,70 @@ class StripeSimulator:
             raise ApiError(400, f"No such price: '{price_id}'", code="resource_missing", param="line_items")
         return self.prices[price_id]
 
+    def create_price(self, params: dict) -> dict:
+        """`POST /v1/prices`, as sales make a price for one deal: licensed or metered (on a meter),
+        per unit or on `volume`/`graduated` tiers, with metadata. Stripe's checks that matter
+        here are kept: a metered price names an existing meter, tiers end with `inf`, each tier
+        has an amount."""
+        recurring = params.get("recurring") or {}
+        scheme = params.get("billing_scheme", "per_unit")
+        price: dict = {"metadata": params.get("metadata", {}), "nickname": params.get("nickname")}
+        if recurring.get("usage_type") == "metered":
+            if recurring.get("meter") not in self.meters:
+                raise ApiError(400, f"No such meter: '{recurring.get('meter')}'", code="resource_missing",
+                               param="recurring[meter]")
+            price.update(kind="metered", meter=recurring["meter"])
+        elif recurring:
+            price["kind"] = "recurring"
+        else:
+            price["kind"] = "one_time"
+        if scheme == "tiered":
+            if price["kind"] != "metered":
+                raise ApiError(400, "Only metered prices are tiered here.", param="billing_scheme")
+            if params.get("tiers_mode") not in ("volume", "graduated"):
+                raise ApiError(400, "tiers_mode must be volume or graduated", param="tiers_mode")
+            tiers = params.get("tiers") or []
+            if not tiers or tiers[-1].get("up_to") != "inf":
+                raise ApiError(400, "The last tier must have up_to=inf.", param="tiers")
+            for i, t in enumerate(tiers):
+                if "unit_amount_decimal" not in t and "unit_amount" not in t and "flat_amount" not in t:
+                    raise ApiError(400, "Each tier needs an amount.", param=f"tiers[{i}]")
+                try:
+                    Decimal(t.get("unit_amount_decimal", t.get("unit_amount", "0")))
+                    if t["up_to"] != "inf":
+                        int(t["up_to"])
+                except (ArithmeticError, ValueError, KeyError):
+                    raise ApiError(400, "Invalid tier.", param=f"tiers[{i}]") from None
+            price.update(tiers_mode=params["tiers_mode"], tiers=[
+                {"up_to": t["up_to"] if t["up_to"] == "inf" else int(t["up_to"]),
+                 "unit_amount_decimal": t.get("unit_amount_decimal", t.get("unit_amount", "0")),
+                 "flat_amount": int(t.get("flat_amount", 0))} for t in tiers])
+        else:
+            try:
+                price["unit_amount"] = int(params["unit_amount"])
+            except (KeyError, ValueError):
+                raise ApiError(400, "unit_amount is required", param="unit_amount") from None
+            if "transform_quantity" in params:
+                price["divide_by"] = int(params["transform_quantity"].get("divide_by", 1))
+        pid = new_id("price")
+        self.prices[pid] = price
+        return self.price_json(pid)
+
+    def price_json(self, price_id: str) -> dict:
+        """The price as the API shows it, on its own or inside a subscription item."""
+        price = self.price(price_id)
+        p = copy.deepcopy(FIXTURES["price"])
+        metered = price["kind"] == "metered"
+        p.update(id=price_id, livemode=False, metadata=price.get("metadata", {}), nickname=price.get("nickname"),
+                 product=f"prod_{price_id}", type="one_time" if price["kind"] == "one_time" else "recurring",
+                 billing_scheme="tiered" if "tiers" in price else "per_unit",
+                 tiers_mode=price.get("tiers_mode"), unit_amount=price.get("unit_amount"),
+                 unit_amount_decimal=None if "tiers" in price else str(price.get("unit_amount", 0)),
+                 transform_quantity=({"divide_by": price["divide_by"], "round": "up"} if "divide_by" in price else None))
+        p["recurring"] = None if price["kind"] == "one_time" else {
+            **p["recurring"], "usage_type": "metered" if metered else "licensed", "meter": price.get("meter")}
+        return p
+
     def new_card(self, declines: bool = False) -> str:
         pm = new_id("pm")
         self.cards[pm] = declines
@@ -322,7 +386,7 @@ class StripeSimulator:
         for it in items:
             si = copy.deepcopy(item_template)
             si.update(id=new_id("si"), current_period_start=start, current_period_end=start + 30 * DAY, quantity=int(it.get("quantity", 1)))
-            si["price"] = {**copy.deepcopy(item_template["price"]), "id": it["price"]}
+            si["price"] = self.price_json(it["price"])
             sub_items.append(si)
         # Checkout saves the card it collected as the subscription's own default payment method
         # (not the customer's: that is what the portal's "update payment method" sets).
@@ -347,12 +411,22 @@ class StripeSimulator:
     @staticmethod
     def metered_amount(price: dict, quantity: int) -> int:
         """A metered price's amount for `quantity` units, in cents (integers and exact decimals
-        only: no floats)."""
+        only: no floats). Volume: the whole quantity at the tier it reaches. Graduated: each
+        tier's share at its own rate, plus the flat amount of every tier reached."""
         if price.get("tiers_mode") == "volume":
             for tier in price["tiers"]:
                 if tier["up_to"] == "inf" or quantity <= int(tier["up_to"]):
                     exact = Decimal(tier["unit_amount_decimal"]) * quantity + int(tier.get("flat_amount", 0))
                     return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
+        if price.get("tiers_mode") == "graduated":
+            exact, below = Decimal(0), 0
+            for tier in price["tiers"]:
+                if quantity <= below:
+                    break
+                top = quantity if tier["up_to"] == "inf" else min(quantity, int(tier["up_to"]))
+                exact += Decimal(tier["unit_amount_decimal"]) * (top - below) + int(tier.get("flat_amount", 0))
+                below = top
+            return int(exact.quantize(Decimal(1), rounding=ROUND_HALF_UP))
         divide_by = int(price.get("divide_by", 1))
         return -(-quantity // divide_by) * int(price["unit_amount"])
 
@@ -472,6 +546,26 @@ class StripeSimulator:
 
     def update_subscription(self, sub: dict, params: dict) -> dict:
         previous = {}
+        if "items" in params:
+            # A price change (`items[0][id]` with a new `price`) applies from now: the period
+            # and its usage so far stay, and the renewal bills the ended period's usage on the
+            # price the item has then. No proration (see the README).
+            previous["items"] = copy.deepcopy(sub["items"])
+            for i, change in enumerate(params["items"] or []):
+                price_id = change.get("price")
+                if not price_id:
+                    raise ApiError(400, "items need a price", param=f"items[{i}][price]")
+                self.price(price_id)
+                match = [si for si in sub["items"]["data"] if si["id"] == change.get("id")]
+                if change.get("id") and not match:
+                    raise ApiError(400, f"No such subscription item: '{change['id']}'", param=f"items[{i}][id]")
+                if match:
+                    match[0]["price"] = self.price_json(price_id)
+                else:
+                    first = sub["items"]["data"][0]
+                    si = copy.deepcopy(first)
+                    si.update(id=new_id("si"), price=self.price_json(price_id))
+                    sub["items"]["data"].append(si)
         if "pause_collection" in params:
             previous["pause_collection"] = sub.get("pause_collection")
             value = params["pause_collection"]
@@ -633,6 +727,23 @@ class StripeSimulator:
                     return 200, public(self.get(sid, "checkout.session"))
                 case "GET", ["subscriptions", sid]:
                     return 200, self.get(sid, "subscription")
+                case "POST", ["prices"]:
+                    return 200, self.create_price(params)
+                case "GET", ["prices", pid]:
+                    if pid not in self.prices:
+                        raise ApiError(404, f"No such price: '{pid}'", code="resource_missing", param="id")
+                    return 200, self.price_json(pid)
+                case "POST", ["subscriptions"]:
+                    # A subscription made directly (as sales do for a deal), charged to the
+                    # customer's default card; its first invoice is paid at once.
+                    customer = self.get(params.get("customer", ""), "customer")
+                    items = params.get("items") or []
+                    if not items or not all(i.get("price") for i in items):
+                        raise ApiError(400, "items[0][price] is required", param="items")
+                    for i, item in enumerate(items):
+                        if self.price(item["price"])["kind"] == "one_time":
+                            raise ApiError(400, f"The price {item['price']} is not recurring.", param=f"items[{i}][price]")
+                    return 200, self.create_subscription(customer["id"], items, params.get("metadata", {}))
                 case "POST", ["subscriptions", sid]:
                     return 200, self.update_subscription(self.get(sid, "subscription"), params)
                 case "DELETE", ["subscriptions", sid]:

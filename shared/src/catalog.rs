@@ -88,6 +88,61 @@ pub struct ModelRate {
     pub reasoning: u64,
 }
 
+/// Metadata keys a deal's Stripe price carries to name its catalog plan and allowance.
+pub const DEAL_PLAN_KEY: &str = "plan";
+pub const DEAL_INCLUDED_UNITS_KEY: &str = "included_units";
+
+/// The largest allowance a deal may name: far beyond any real deal, and far from overflow
+/// when usage is added to it.
+const MAX_DEAL_UNITS: u64 = 1_000_000_000_000_000;
+
+/// A subscription item's price, as the catalog judges it: its id and the deal metadata it
+/// carries (`plan`, `included_units`), if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PricedItem<'a> {
+    pub price_id: &'a str,
+    pub plan: Option<&'a str>,
+    pub included_units: Option<&'a str>,
+}
+
+/// What a subscription's prices entitle it to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscribed<'a> {
+    pub plan: &'a Plan,
+    pub included_units: u64,
+    /// A price's metadata set the terms (a negotiated deal, not the catalog's plan as listed).
+    pub deal: bool,
+}
+
+/// A subscription whose prices name no consistent plan: it is refused with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DealError {
+    #[error("price `{0}` names a plan in its metadata but no `included_units`")]
+    MissingAllowance(String),
+    #[error("price `{0}` has `included_units` in its metadata but names no `plan`")]
+    MissingPlan(String),
+    #[error("price `{price}` names plan `{plan}`, which is not in the catalog")]
+    UnknownPlan { price: String, plan: String },
+    #[error("price `{0}` names the free plan, which is never billed")]
+    FreePlan(String),
+    #[error(
+        "price `{price}` has `included_units` = `{value}`, which is not a whole number of units (0 to 10^15)"
+    )]
+    InvalidAllowance { price: String, value: String },
+    #[error("the subscription's prices disagree: {0}")]
+    Conflict(String),
+}
+
+/// Digits only: Stripe metadata is text, and a sign, a decimal point or an exponent in an
+/// allowance is a typo to refuse, not a number to round.
+fn parse_units(text: &str) -> Option<u64> {
+    let digits = text.trim();
+    if digits.is_empty() || digits.len() > 16 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|u| *u <= MAX_DEAL_UNITS)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PriceUse<'a> {
     Plan(&'a Plan),
@@ -332,15 +387,86 @@ impl Catalog {
         })
     }
 
-    /// The plan a subscription's prices name: the first price that belongs to a plan.
-    pub fn plan_for_prices<'a>(
-        &self,
-        price_ids: impl IntoIterator<Item = &'a str>,
-    ) -> Option<&Plan> {
-        price_ids.into_iter().find_map(|p| match self.price(p) {
-            Some(PriceUse::Plan(plan)) => Some(plan),
-            _ => None,
-        })
+    /// The plan and allowance a subscription's prices name, or `None` when none names one.
+    ///
+    /// A catalog price names its plan. A price created for one deal (an enterprise customer's
+    /// tiered price, made in Stripe without a catalog change) names its plan in its metadata,
+    /// `plan` = a catalog plan other than free and `included_units` = the deal's allowance; it
+    /// then overrides the catalog plan's allowance. Every price that names something must
+    /// agree with the others, or the subscription is refused with the reason: billing on a
+    /// guess between two plans would be wrong one way or the other.
+    pub fn plan_for_items<'a>(
+        &'a self,
+        items: impl IntoIterator<Item = PricedItem<'a>>,
+    ) -> Result<Option<Subscribed<'a>>, DealError> {
+        // (price id, plan, allowance from a deal's metadata)
+        let mut named: Vec<(&str, &Plan, Option<u64>)> = Vec::new();
+        for item in items {
+            let catalog_plan = match self.price(item.price_id) {
+                Some(PriceUse::Plan(plan)) => Some(plan),
+                _ => None,
+            };
+            let deal = match (item.plan, item.included_units) {
+                (None, None) => None,
+                (Some(_), None) => {
+                    return Err(DealError::MissingAllowance(item.price_id.to_owned()));
+                }
+                (None, Some(_)) => return Err(DealError::MissingPlan(item.price_id.to_owned())),
+                (Some(plan_id), Some(units)) => {
+                    let plan = self.plan(plan_id).ok_or_else(|| DealError::UnknownPlan {
+                        price: item.price_id.to_owned(),
+                        plan: plan_id.to_owned(),
+                    })?;
+                    if plan.id.as_str() == FREE_PLAN {
+                        return Err(DealError::FreePlan(item.price_id.to_owned()));
+                    }
+                    let units = parse_units(units).ok_or_else(|| DealError::InvalidAllowance {
+                        price: item.price_id.to_owned(),
+                        value: units.chars().take(40).collect(),
+                    })?;
+                    Some((plan, units))
+                }
+            };
+            match (catalog_plan, deal) {
+                (Some(c), Some((d, _))) if c.id != d.id => {
+                    return Err(DealError::Conflict(format!(
+                        "`{}` is the catalog's {} price but its metadata says {}",
+                        item.price_id, c.id, d.id
+                    )));
+                }
+                (_, Some((plan, units))) => named.push((item.price_id, plan, Some(units))),
+                (Some(plan), None) => named.push((item.price_id, plan, None)),
+                (None, None) => {}
+            }
+        }
+        let Some(&(_, plan, _)) = named.first() else {
+            return Ok(None);
+        };
+        if let Some((price, other, _)) = named.iter().find(|(_, p, _)| p.id != plan.id) {
+            return Err(DealError::Conflict(format!(
+                "`{}` names {} but `{price}` names {}",
+                named[0].0, plan.id, other.id
+            )));
+        }
+        let mut deal_units = named
+            .iter()
+            .filter_map(|(price, _, u)| u.map(|u| (price, u)));
+        let included_units = match deal_units.next() {
+            None => plan.included_units,
+            Some((first, units)) => {
+                if let Some((price, other)) = deal_units.find(|(_, u)| *u != units) {
+                    return Err(DealError::Conflict(format!(
+                        "`{first}` includes {units} units but `{price}` includes {other}"
+                    )));
+                }
+                units
+            }
+        };
+        Ok(Some(Subscribed {
+            plan,
+            included_units,
+            deal: named.iter().any(|(_, _, u)| u.is_some()),
+        }))
     }
 
     /// Units per token for `model` (the default rate for a model the card does not list).
@@ -379,20 +505,17 @@ mod tests {
     fn the_embedded_catalog_is_valid() {
         let c = Catalog::embedded().unwrap();
         assert_eq!(c.free_plan().id.as_str(), "free");
-        assert_eq!(
-            c.plan_for_prices(["price_pro_monthly"])
+        let plan_of = |prices: &[&'static str]| {
+            c.plan_for_items(prices.iter().map(|p| listed(p)))
                 .unwrap()
-                .id
-                .as_str(),
-            "pro"
-        );
+                .map(|s| s.plan.id.as_str())
+        };
+        assert_eq!(plan_of(&["price_pro_monthly"]), Some("pro"));
         assert_eq!(
-            c.plan_for_prices(["price_unknown", "price_enterprise_overage_volume"])
-                .unwrap()
-                .id
-                .as_str(),
-            "enterprise"
+            plan_of(&["price_unknown", "price_enterprise_overage_volume"]),
+            Some("enterprise")
         );
+        assert_eq!(plan_of(&["price_unknown"]), None);
         assert!(
             matches!(c.price("price_credits_1m"), Some(PriceUse::CreditPack(p)) if p.credits == 1_000_000)
         );
@@ -414,6 +537,119 @@ mod tests {
                 reasoning: 1
             }
         );
+    }
+
+    fn listed(price_id: &str) -> PricedItem<'_> {
+        PricedItem {
+            price_id,
+            plan: None,
+            included_units: None,
+        }
+    }
+
+    fn deal<'a>(price_id: &'a str, plan: &'a str, units: &'a str) -> PricedItem<'a> {
+        PricedItem {
+            price_id,
+            plan: Some(plan),
+            included_units: Some(units),
+        }
+    }
+
+    #[test]
+    fn a_deal_price_is_its_plan_with_its_allowance() {
+        let c = Catalog::embedded().unwrap();
+        // A custom tiered price alone, as sales create it for one customer.
+        let s = c
+            .plan_for_items([deal("price_acme_tiered", "enterprise", "80000000")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (s.plan.id.as_str(), s.included_units, s.deal),
+            ("enterprise", 80_000_000, true)
+        );
+        // Beside the catalog's base price of the same plan, the deal's allowance applies.
+        let s = c
+            .plan_for_items([
+                listed("price_enterprise_monthly"),
+                deal("price_acme_tiered", "enterprise", "0"),
+            ])
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.plan.id.as_str(), s.included_units), ("enterprise", 0));
+        // The catalog's own prices keep the catalog's allowance.
+        let s = c
+            .plan_for_items([listed("price_pro_monthly"), listed("price_pro_overage")])
+            .unwrap()
+            .unwrap();
+        assert_eq!((s.included_units, s.deal), (5_000_000, false));
+    }
+
+    #[test]
+    fn an_inconsistent_deal_price_is_refused_with_its_reason() {
+        let c = Catalog::embedded().unwrap();
+        let refused = |items: &[PricedItem<'_>]| {
+            c.plan_for_items(items.iter().copied())
+                .unwrap_err()
+                .to_string()
+        };
+        let cases: [(&[PricedItem<'_>], &str); 10] = [
+            (
+                &[PricedItem {
+                    included_units: None,
+                    ..deal("price_x", "enterprise", "")
+                }],
+                "price `price_x` names a plan in its metadata but no `included_units`",
+            ),
+            (
+                &[PricedItem {
+                    plan: None,
+                    ..deal("price_x", "", "5")
+                }],
+                "price `price_x` has `included_units` in its metadata but names no `plan`",
+            ),
+            (
+                &[deal("price_x", "platinum", "5")],
+                "price `price_x` names plan `platinum`, which is not in the catalog",
+            ),
+            (
+                &[deal("price_x", "free", "5")],
+                "price `price_x` names the free plan",
+            ),
+            (
+                &[deal("price_x", "enterprise", "-5")],
+                "`included_units` = `-5`, which is not a whole number",
+            ),
+            (
+                &[deal("price_x", "enterprise", "1.5e6")],
+                "`included_units` = `1.5e6`",
+            ),
+            (
+                &[deal("price_x", "enterprise", "99999999999999999999")],
+                "`included_units` = `99999999999999999999`",
+            ),
+            (
+                &[
+                    listed("price_pro_monthly"),
+                    deal("price_x", "enterprise", "5"),
+                ],
+                "the subscription's prices disagree: `price_pro_monthly` names pro but `price_x` names enterprise",
+            ),
+            (
+                &[
+                    deal("price_x", "enterprise", "5"),
+                    deal("price_y", "enterprise", "6"),
+                ],
+                "`price_x` includes 5 units but `price_y` includes 6",
+            ),
+            (
+                &[deal("price_pro_monthly", "enterprise", "5")],
+                "`price_pro_monthly` is the catalog's pro price but its metadata says enterprise",
+            ),
+        ];
+        for (items, reason) in cases {
+            let got = refused(items);
+            assert!(got.contains(reason), "{got:?} should contain {reason:?}");
+        }
     }
 
     #[test]

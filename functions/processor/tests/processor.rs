@@ -720,6 +720,63 @@ async fn a_tie_on_a_deleted_invoice_is_stale_not_poison() {
     );
 }
 
+/// An enterprise deal: a price created in Stripe for one customer, whose metadata names the
+/// catalog plan and the allowance, works the moment its subscription event arrives. A change
+/// of price mid-period applies from the event that makes it; an older event cannot undo it.
+#[tokio::test]
+async fn a_deal_price_sets_its_allowance_from_the_event_that_brings_it() {
+    let p = processor();
+    let allowance = async || {
+        let view = p.store().account(&account()).await.unwrap().unwrap();
+        (view.plan, view.included_units)
+    };
+    let first = deal_subscription("sub_d", "price_acme_v1", "enterprise", "80000000");
+    let e = event(
+        "evt_d1",
+        "customer.subscription.created",
+        100,
+        first.clone(),
+    );
+    assert_eq!(p.apply(&e, NOW).await.unwrap(), Outcome::Applied);
+    assert_eq!(allowance().await, ("enterprise".into(), Some(80_000_000)));
+
+    // Sales move the customer to a new price with a larger allowance.
+    let second = deal_subscription("sub_d", "price_acme_v2", "enterprise", "120000000");
+    let e = event("evt_d2", "customer.subscription.updated", 200, second);
+    assert_eq!(p.apply(&e, NOW).await.unwrap(), Outcome::Applied);
+    assert_eq!(allowance().await, ("enterprise".into(), Some(120_000_000)));
+
+    // A late delivery of an update from before the change does not take it back.
+    let late = event("evt_d3", "customer.subscription.updated", 150, first);
+    assert_eq!(p.apply(&late, NOW).await.unwrap(), Outcome::Stale);
+    assert_eq!(allowance().await, ("enterprise".into(), Some(120_000_000)));
+}
+
+/// A deal price whose metadata does not make sense is never guessed at: the event fails
+/// permanently (dead-lettered with the reason) and the account keeps what it had.
+#[tokio::test]
+async fn an_inconsistent_deal_price_is_dead_lettered_with_its_reason() {
+    for (plan, units, reason) in [
+        (
+            "platinum",
+            "5",
+            "names plan `platinum`, which is not in the catalog",
+        ),
+        ("enterprise", "lots", "`included_units` = `lots`"),
+        ("free", "5", "names the free plan"),
+    ] {
+        let p = processor();
+        let s = deal_subscription("sub_d", "price_acme", plan, units);
+        let e = event("evt_bad", "customer.subscription.created", 100, s);
+        let err = p.apply(&e, NOW).await.unwrap_err();
+        assert!(err.permanent(), "{plan}/{units}");
+        assert!(err.to_string().contains(reason), "{err}");
+        assert!(p.store().account(&account()).await.unwrap().is_none());
+        let id = StripeEventId::parse("evt_bad").unwrap();
+        assert_eq!(p.store().event_outcome(&id).await.unwrap(), None);
+    }
+}
+
 /// A credit pack is granted only when the session paid its price in the catalog's currency;
 /// otherwise the event fails permanently (dead-lettered with the reason) and grants nothing.
 #[tokio::test]

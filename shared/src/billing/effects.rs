@@ -3,7 +3,7 @@
 //! transaction, each guarded by the ordering rules.
 
 use crate::billing::subscription::{SubscriptionState, SubscriptionStatus};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, DEAL_INCLUDED_UNITS_KEY, DEAL_PLAN_KEY, DealError, PricedItem};
 use crate::ids::AccountId;
 use crate::stripe::objects::{
     CheckoutSession, EventData, Invoice, InvoiceEvent, StripeEvent, Subscription,
@@ -130,6 +130,8 @@ pub struct Effects {
 pub enum PlanError {
     #[error("no catalog plan uses any of the subscription's prices ({0})")]
     UnknownPrices(String),
+    #[error(transparent)]
+    Deal(#[from] DealError),
     #[error("unknown subscription status `{0}`")]
     UnknownStatus(String),
     #[error("the subscription has no billing period")]
@@ -294,14 +296,22 @@ fn subscription(
         None => SubscriptionStatus::parse(&s.status)
             .ok_or_else(|| PlanError::UnknownStatus(s.status.clone()))?,
     };
-    let plan = catalog
-        .plan_for_prices(s.price_ids())
+    let subscribed = catalog
+        .plan_for_items(s.prices().map(|p| PricedItem {
+            price_id: &p.id,
+            plan: p.metadata(DEAL_PLAN_KEY),
+            included_units: p.metadata(DEAL_INCLUDED_UNITS_KEY),
+        }))?
         .ok_or_else(|| PlanError::UnknownPrices(s.price_ids().collect::<Vec<_>>().join(", ")))?;
+    let plan = subscribed.plan;
     let (period_start, period_end) = s.current_period().ok_or(PlanError::NoPeriod)?;
-    let effective = if status.grants_plan() {
-        plan
+    // A deal's allowance applies while the subscription grants its plan, from this event on:
+    // usage already recorded keeps the buckets it was recorded in.
+    let (effective, included_units) = if status.grants_plan() {
+        (plan, subscribed.included_units)
     } else {
-        catalog.free_plan()
+        let free = catalog.free_plan();
+        (free, free.included_units)
     };
     let mut writes = Vec::new();
     if matches!(account, AccountRef::Known(_)) {
@@ -326,7 +336,7 @@ fn subscription(
         period_end,
         cancel_at_period_end: s.cancel_at_period_end,
         effective_plan: effective.id.clone(),
-        included_units: effective.included_units,
+        included_units,
         card: s.default_payment_method().map(str::to_owned),
     }));
     Ok((account, writes))

@@ -99,6 +99,10 @@ impl Subscription {
         self.items.data.iter().map(|i| i.price.id.as_str())
     }
 
+    pub fn prices(&self) -> impl Iterator<Item = &PriceRef> {
+        self.items.data.iter().map(|i| &i.price)
+    }
+
     /// The billing period: every item of a subscription shares it (Stripe keeps it per item).
     pub fn current_period(&self) -> Option<(i64, i64)> {
         let item = self.items.data.first()?;
@@ -123,6 +127,15 @@ pub struct SubscriptionItem {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct PriceRef {
     pub id: String,
+    /// A deal's terms (`plan`, `included_units`) when the price was made for one customer.
+    #[serde(default)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+impl PriceRef {
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.as_ref()?.get(key).map(String::as_str)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

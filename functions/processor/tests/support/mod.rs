@@ -150,3 +150,13 @@ pub fn processor() -> TestProcessor {
         Catalog::embedded().unwrap(),
     )
 }
+
+/// A subscription on a price made for one deal: its metadata names the plan and allowance.
+pub fn deal_subscription(id: &str, price: &str, plan: &str, included_units: &str) -> Value {
+    let mut s = subscription(id, "active", price);
+    s["items"]["data"][0]["price"]["metadata"] =
+        json!({ "plan": plan, "included_units": included_units });
+    s["items"]["data"][0]["price"]["billing_scheme"] = json!("tiered");
+    s["items"]["data"][0]["price"]["tiers_mode"] = json!("volume");
+    s
+}
