@@ -306,7 +306,7 @@ def cold_start() -> None:
     from provision import provision
 
     run(["cargo", "build", "--release", "-p", "webhook", "-p", "processor", "-p", "api", "-p", "usage", "-p", "reporter",
-         "-p", "notifier", "-p", "reconciler", "-p", "dunning", "-p", "checkout"])
+         "-p", "notifier", "-p", "reconciler", "-p", "dunning", "-p", "checkout", "-p", "topup"])
     with local_aws() as endpoints:
         endpoint = endpoints.aws
         tpl = Template(load(), endpoint)
@@ -345,6 +345,8 @@ def cold_start() -> None:
             # (the round trips of a real checkout are counted below, against the simulator).
             ("checkout", "CheckoutFunction", lambda: checkout_request("platinum"),
              lambda r: r["statusCode"] == 400),
+            # An empty stream batch: no claim to pay, no Stripe call.
+            ("topup", "TopupFunction", lambda: b'{"Records":[]}', lambda r: r.get("batchItemFailures") == []),
         ]
         results = {}
         for binary, name, event, ok in cases:
@@ -885,7 +887,7 @@ def usage_load() -> None:
 
 
 def zip_size() -> None:
-    for binary in ("webhook", "processor", "api", "usage", "reporter", "notifier", "reconciler", "dunning", "checkout"):
+    for binary in ("webhook", "processor", "api", "usage", "reporter", "notifier", "reconciler", "dunning", "checkout", "topup"):
         run(["cargo", "lambda", "build", "--release", "--arm64", "--bin", binary, "--output-format", "zip"])
         size = (ROOT / "target" / "lambda" / binary / "bootstrap.zip").stat().st_size
         row(f"{binary} deployment zip (arm64)", f"{size / 1e6:.2f} MB", "≤ 5 MB", size <= 5_000_000)

@@ -378,6 +378,59 @@ class StripeSimulator:
         self.objects[pi["id"]], self.objects[ch["id"]] = pi, ch
         return pi["id"], ch["id"]
 
+    def create_payment_intent(self, params: dict) -> dict:
+        """`POST /v1/payment_intents`: an off-session payment to confirm next (or at once with
+        `confirm=true`), as the auto top-up makes it."""
+        try:
+            amount = int(params["amount"])
+        except (KeyError, ValueError):
+            raise ApiError(400, "Missing required param: amount.", param="amount") from None
+        if amount < 50:
+            raise ApiError(400, "Amount must be at least 50 cents", code="amount_too_small", param="amount")
+        if params.get("currency") != "usd":
+            raise ApiError(400, "Invalid currency", param="currency")
+        customer = self.get(params.get("customer", ""), "customer")
+        pm = params.get("payment_method")
+        if pm is not None and pm not in self.cards:
+            raise ApiError(400, f"No such PaymentMethod: '{pm}'", code="resource_missing", param="payment_method")
+        pi = copy.deepcopy(FIXTURES["payment_intent"])
+        pi.update(id=new_id("pi"), amount=amount, amount_received=0, currency="usd", customer=customer["id"],
+                  payment_method=pm, metadata=params.get("metadata", {}), description=params.get("description"),
+                  status="requires_confirmation" if pm else "requires_payment_method", created=self.now(),
+                  livemode=False, latest_charge=None, last_payment_error=None, confirmation_method="automatic",
+                  capture_method="automatic")
+        self.objects[pi["id"]] = pi
+        self.emit("payment_intent.created", pi)
+        if params.get("confirm") == "true":
+            return self.confirm_payment_intent(pi, params)
+        return pi
+
+    def confirm_payment_intent(self, pi: dict, params: dict) -> dict:
+        """Charges the payment method: a declining card answers 402 as Stripe does (the intent
+        goes back to `requires_payment_method`, `payment_intent.payment_failed`); an intent
+        that already succeeded cannot be confirmed again."""
+        if pi["status"] in ("succeeded", "canceled", "processing"):
+            raise ApiError(400, f"This PaymentIntent's status is {pi['status']}, so it cannot be confirmed.",
+                           code="payment_intent_unexpected_state", param="payment_method")
+        pm = params.get("payment_method") or pi.get("payment_method")
+        if pm is None or pm not in self.cards:
+            raise ApiError(400, "You must provide a payment method to confirm this PaymentIntent.",
+                           code="payment_intent_unexpected_state", param="payment_method")
+        pi["payment_method"] = pm
+        if self.cards[pm]:
+            pi.update(status="requires_payment_method",
+                      last_payment_error={"type": "card_error", "code": "card_declined", "decline_code": "generic_decline",
+                                          "message": "Your card was declined.", "payment_method": {"id": pm}})
+            self.emit("payment_intent.payment_failed", pi)
+            raise ApiError(402, "Your card was declined.", type_="card_error", code="card_declined")
+        _, charge = self.create_payment(pi["customer"], pi["amount"], pi["metadata"], paid=True)
+        self.objects.pop(_, None)  # the intent is this one, not the helper's
+        self.objects[charge]["payment_intent"] = pi["id"]
+        pi.update(status="succeeded", amount_received=pi["amount"], latest_charge=charge, last_payment_error=None)
+        self.emit("charge.succeeded", self.objects[charge])
+        self.emit("payment_intent.succeeded", pi)
+        return pi
+
     def create_subscription(self, customer: str, items: list[dict], metadata: dict) -> dict:
         sub = copy.deepcopy(FIXTURES["subscription"])
         start = self.now()
@@ -691,7 +744,8 @@ class StripeSimulator:
     def list_events(self, query: dict) -> dict:
         limit = min(int(query.get("limit", 10)), 100)
         gte = int(query.get("created[gte]", 0))
-        events = [e for e in reversed(self.events) if e["created"] >= gte]  # newest first, as Stripe lists
+        events = [e for e in reversed(self.events) if e["created"] >= gte  # newest first, as Stripe lists
+                  and query.get("type") in (None, e["type"])]
         if query.get("starting_after"):
             ids = [e["id"] for e in events]
             if query["starting_after"] in ids:
@@ -727,6 +781,12 @@ class StripeSimulator:
                     return 200, public(self.get(sid, "checkout.session"))
                 case "GET", ["subscriptions", sid]:
                     return 200, self.get(sid, "subscription")
+                case "POST", ["payment_intents"]:
+                    return 200, self.create_payment_intent(params)
+                case "GET", ["payment_intents", pid]:
+                    return 200, self.get(pid, "payment_intent")
+                case "POST", ["payment_intents", pid, "confirm"]:
+                    return 200, self.confirm_payment_intent(self.get(pid, "payment_intent"), params)
                 case "POST", ["prices"]:
                     return 200, self.create_price(params)
                 case "GET", ["prices", pid]:

@@ -150,7 +150,8 @@ def test_each_function_reads_only_the_secret_it_uses():
 
     assert secrets_of("WebhookFunction") == {"StripeWebhookSecret"}
     assert secrets_of("ProcessorFunction") == {"StripeApiKeySecret"}
-    for fn in ("ApiFunction", "CheckoutFunction", "ReporterFunction", "ReconcilerFunction", "DunningFunction"):
+    for fn in ("ApiFunction", "CheckoutFunction", "ReporterFunction", "ReconcilerFunction", "DunningFunction",
+               "TopupFunction"):
         assert secrets_of(fn) == {"StripeApiKeySecret"}, fn
     assert secrets_of("UsageFunction") == set()
     assert secrets_of("NotifierFunction") == set()

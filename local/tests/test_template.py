@@ -1,5 +1,7 @@
 """template.yaml as a security reviewer reads it: every scanner finding left in place says why."""
 
+import json
+
 from template import load
 
 
@@ -36,7 +38,7 @@ def test_the_app_facing_api_is_for_the_app_backend_only():
     # The brief's routes, all served.
     assert routes == {"GET /v1/accounts/{account_id}", "GET /v1/accounts/{account_id}/invoices",
                       "GET /v1/accounts/{account_id}/usage", "POST /v1/accounts/{account_id}/portal",
-                      "POST /v1/accounts/{account_id}/checkout"}
+                      "POST /v1/accounts/{account_id}/checkout", "PUT /v1/accounts/{account_id}/auto-topup"}
     api, usage = doc["Resources"]["AppBackendApiPolicy"]["Properties"]["PolicyDocument"]["Statement"]
     assert api["Action"] == "execute-api:Invoke"
     assert api["Resource"]["Fn::Sub"].endswith("/*/*/v1/*")
@@ -70,6 +72,17 @@ def test_every_way_overage_can_miss_the_invoice_raises_the_one_metering_alarm():
     pattern = res["MeterErrorReportFilter"]["Properties"]["FilterPattern"]
     assert "$.alarm IS TRUE" in pattern and '$.event_type = "billing.meter.error_report_triggered"' in pattern
     assert res["MeterErrorReportFilter"]["Properties"]["MetricTransformations"][0]["MetricName"] == "MeterErrorReports"
+
+
+def test_the_top_up_function_takes_only_new_claims_and_parks_what_fails():
+    doc = load()
+    source = doc["Resources"]["TopupFunction"]["Properties"]["Events"]["Claims"]["Properties"]
+    assert source["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    (only,) = source["FilterCriteria"]["Filters"]
+    assert json.loads(only["Pattern"]) == {"eventName": ["INSERT"], "dynamodb": {"Keys": {"sk": {"S": ["TOPUP"]}}}}
+    assert source["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["TopupDeadLetterQueue", "Arn"]}
+    alarm = doc["Resources"]["TopupDeadLetterAlarm"]["Properties"]
+    assert alarm["Dimensions"][0]["Value"] == {"Fn::GetAtt": ["TopupDeadLetterQueue", "QueueName"]}
 
 
 def test_the_notifier_sends_only_from_the_configured_sender_and_parks_what_fails():

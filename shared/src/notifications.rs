@@ -14,8 +14,9 @@ use crate::ids::{AccountId, IdError};
 pub const EVENT_SOURCE: &str = "billing";
 
 /// The notifications the brief names; each is meant for a person as well as for the bus.
-pub const NAMES: [&str; 7] = [
+pub const NAMES: [&str; 8] = [
     "credits.low",
+    "credits.topup_failed",
     "usage.threshold",
     "usage.blocked",
     "payment.failed",
@@ -267,6 +268,22 @@ pub fn email_for(entry: &OutboxEntry, links: &Links) -> Option<Email> {
                     "When credits and your plan's allowance run out, usage beyond them is billed as overage where your plan allows it, and stops where it does not.".into(),
                 ],
                 "Buy a credit pack to keep going without interruption.",
+            )
+        }
+        "credits.topup_failed" => {
+            let amount = match (d.get("amount").and_then(Value::as_i64), text(d, "currency")) {
+                (Some(a), Some(c)) => money(a, &c),
+                _ => "the credit pack".into(),
+            };
+            (
+                "Your automatic credit top-up did not go through".into(),
+                vec![
+                    format!(
+                        "We could not charge {amount} for account {account}'s automatic top-up: the card was declined."
+                    ),
+                    "Automatic top-up is paused until the card on file changes.".into(),
+                ],
+                "Update your card, or buy a credit pack now.",
             )
         }
         "usage.threshold" => {

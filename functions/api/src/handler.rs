@@ -10,26 +10,34 @@ use serde_json::{Value, json};
 use shared::catalog::Catalog;
 use shared::http::{idempotency_key, json_body};
 use shared::ids::AccountId;
+use shared::store::topup::TopupStore;
 use shared::store::usage::{ModelTotals, UsageStore};
 use shared::store::{AccountView, BillingStore, InvoiceView};
 use shared::stripe::portal::{PortalApi, PortalError};
+use shared::usage::topup::TopupSettings;
 use tracing::{error, info, warn};
 
-pub struct ApiHandler<S, U, P> {
+pub struct ApiHandler<S, U, P, T> {
     store: S,
     usage: U,
     portal: P,
+    topup: T,
     catalog: Catalog,
 }
 
-impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
-    pub fn new(store: S, usage: U, portal: P, catalog: Catalog) -> Self {
+impl<S: BillingStore, U: UsageStore, P: PortalApi, T: TopupStore> ApiHandler<S, U, P, T> {
+    pub fn new(store: S, usage: U, portal: P, topup: T, catalog: Catalog) -> Self {
         Self {
             store,
             usage,
             portal,
+            topup,
             catalog,
         }
+    }
+
+    pub fn topup(&self) -> &T {
+        &self.topup
     }
 
     pub fn store(&self) -> &S {
@@ -97,6 +105,9 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
                 .map(|totals| usage_json(&account, &totals)),
             "POST /v1/accounts/{account_id}/portal" => {
                 return self.portal_session(&account, request).await;
+            }
+            "PUT /v1/accounts/{account_id}/auto-topup" => {
+                return self.configure_topup(&account, request).await;
             }
             _ => {
                 return respond(
@@ -187,6 +198,48 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
         }
     }
 
+    /// `{"threshold":N,"credit_pack":"...","monthly_cap":N}` turns auto top-up on (again: a
+    /// card that declined before is tried again), `{"enabled":false}` turns it off.
+    async fn configure_topup(
+        &self,
+        account: &AccountId,
+        request: &ApiGatewayV2httpRequest,
+    ) -> ApiGatewayV2httpResponse {
+        let settings = match json_body(request)
+            .and_then(|body| topup_settings(&body, &self.catalog).map_err(|e| e.to_string()))
+        {
+            Ok(settings) => settings,
+            Err(message) => {
+                let code = if message.contains("credit pack") {
+                    "unknown_credit_pack"
+                } else {
+                    "invalid_auto_topup"
+                };
+                return respond(
+                    400,
+                    json!({ "error": { "code": code, "message": message } }),
+                );
+            }
+        };
+        if let Err(e) = self.topup.configure(account, settings.as_ref()).await {
+            error!(account_id = %account, error = %e, "writing auto top-up failed");
+            return respond(
+                503,
+                json!({ "error": { "code": "unavailable", "message": "try again" } }),
+            );
+        }
+        info!(account_id = %account, enabled = settings.is_some(), "auto top-up configured");
+        let topup = shared::usage::topup::AutoTopup {
+            settings,
+            ..Default::default()
+        };
+        respond(
+            200,
+            json!({ "object": "auto_topup", "account_id": account.as_str(),
+                    "auto_topup": topup_json(&topup, &self.catalog.currency) }),
+        )
+    }
+
     /// An account the backend has never seen is on the free plan.
     fn account_json(&self, account: &AccountId, view: Option<AccountView>) -> Value {
         let free = self.catalog.free_plan();
@@ -210,6 +263,7 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
             "customer_id": view.customer_id,
             "billing_email": view.email,
             "billing_name": view.name,
+            "auto_topup": topup_json(&view.auto_topup, &self.catalog.currency),
             "subscription": view.subscription.map(|s| json!({
                 "id": s.subscription_id,
                 "status": s.status,
@@ -220,6 +274,94 @@ impl<S: BillingStore, U: UsageStore, P: PortalApi> ApiHandler<S, U, P> {
             })),
         })
     }
+}
+
+/// Why a top-up setting is refused; the message names the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TopupSettingsError {
+    #[error("unknown field `{0}`")]
+    UnknownField(String),
+    #[error("`{0}` must be a whole number from {1} to 10^12")]
+    Number(&'static str, u64),
+    #[error("`credit_pack` is required")]
+    MissingPack,
+    #[error("credit pack `{0}` is not in the catalog")]
+    UnknownPack(String),
+    #[error("`monthly_cap` ({cap}) must allow at least one `{pack}` ({amount})")]
+    CapBelowPack { cap: u64, pack: String, amount: u64 },
+    #[error("`enabled` must be true or false")]
+    Enabled,
+}
+
+/// The most a top-up setting may say: far beyond any real balance or budget.
+const MAX_SETTING: u64 = 1_000_000_000_000;
+
+/// The settings a `PUT .../auto-topup` body asks for; `None` for `{"enabled": false}`.
+pub fn topup_settings(
+    fields: &serde_json::Map<String, Value>,
+    catalog: &Catalog,
+) -> Result<Option<TopupSettings>, TopupSettingsError> {
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !["enabled", "threshold", "credit_pack", "monthly_cap"].contains(&k.as_str()))
+    {
+        return Err(TopupSettingsError::UnknownField(
+            unknown.chars().take(40).collect(),
+        ));
+    }
+    match fields.get("enabled") {
+        None | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => return Ok(None),
+        Some(_) => return Err(TopupSettingsError::Enabled),
+    }
+    let number = |name: &'static str, min: u64| {
+        fields
+            .get(name)
+            .and_then(Value::as_u64)
+            .filter(|n| (min..=MAX_SETTING).contains(n))
+            .ok_or(TopupSettingsError::Number(name, min))
+    };
+    let threshold = number("threshold", 1)?;
+    let pack_id = fields
+        .get("credit_pack")
+        .and_then(Value::as_str)
+        .ok_or(TopupSettingsError::MissingPack)?;
+    let pack = catalog
+        .credit_pack(pack_id)
+        .ok_or_else(|| TopupSettingsError::UnknownPack(pack_id.chars().take(64).collect()))?;
+    let cap = number("monthly_cap", 1)?;
+    if cap < pack.amount {
+        return Err(TopupSettingsError::CapBelowPack {
+            cap,
+            pack: pack.id.clone(),
+            amount: pack.amount,
+        });
+    }
+    Ok(Some(TopupSettings {
+        threshold,
+        pack: pack.id.clone(),
+        amount: pack.amount,
+        credits: pack.credits,
+        monthly_cap: cap,
+    }))
+}
+
+fn topup_json(t: &shared::usage::topup::AutoTopup, currency: &str) -> Value {
+    let Some(s) = &t.settings else {
+        return json!({ "enabled": false });
+    };
+    json!({
+        "enabled": true,
+        "threshold": s.threshold,
+        "credit_pack": s.pack,
+        "credits": s.credits,
+        "amount": s.amount,
+        "currency": currency,
+        "monthly_cap": s.monthly_cap,
+        // A card that declined pauses it until the card on file changes.
+        "paused_by_decline": t.declined_card.is_some() && t.declined_card == t.card,
+        "in_flight": t.in_flight.is_some(),
+    })
 }
 
 /// A URL Stripe will send the customer to (`shared::http::check_link`).

@@ -5,7 +5,7 @@ use lambda_http::aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV
 use lambda_http::lambda_runtime::{self, Error, LambdaEvent, service_fn};
 use shared::catalog::Catalog;
 use shared::config::{EnvSource, ProcessEnv, required};
-use shared::store::{DynamoDbBillingStore, DynamoDbUsageStore};
+use shared::store::{DynamoDbBillingStore, DynamoDbTopupStore, DynamoDbUsageStore};
 use shared::stripe::api::RealStripe;
 
 #[tokio::main(flavor = "current_thread")]
@@ -29,8 +29,9 @@ async fn main() -> Result<(), Error> {
     let dynamodb = aws_sdk_dynamodb::Client::new(&aws);
     let handler = api::handler::ApiHandler::new(
         DynamoDbBillingStore::new(dynamodb.clone(), &table),
-        DynamoDbUsageStore::new(dynamodb, table),
+        DynamoDbUsageStore::new(dynamodb.clone(), &table),
         stripe,
+        DynamoDbTopupStore::new(dynamodb, table),
         catalog,
     );
     let handler = &handler;

@@ -9,12 +9,14 @@ use shared::billing::{DunningChange, InvoiceRecord, Write};
 use shared::catalog::Catalog;
 use shared::ids::{AccountId, StripeEventId};
 use shared::store::{
-    BillingStore, EventRecord, InMemoryBillingStore, InMemoryUsageStore, WriteMode,
+    BillingStore, EventRecord, InMemoryBillingStore, InMemoryTopupStore, InMemoryUsageStore,
+    WriteMode,
 };
 use shared::stripe::portal::{FakePortal, PortalError};
 use std::sync::Arc;
 
-type Api = ApiHandler<InMemoryBillingStore, Arc<InMemoryUsageStore>, FakePortal>;
+type Api =
+    ApiHandler<InMemoryBillingStore, Arc<InMemoryUsageStore>, FakePortal, InMemoryTopupStore>;
 
 fn sample() -> ApiGatewayV2httpRequest {
     serde_json::from_str(include_str!("../../../events/api.json")).unwrap()
@@ -38,6 +40,7 @@ fn with_usage(usage: Arc<InMemoryUsageStore>) -> Api {
         InMemoryBillingStore::new(),
         usage,
         FakePortal::default(),
+        InMemoryTopupStore::default(),
         Catalog::embedded().unwrap(),
     )
 }
@@ -411,4 +414,92 @@ async fn the_portal_refuses_what_it_cannot_open_and_says_why() {
         (status, body["error"]["code"].as_str()),
         (502, Some("stripe_refused"))
     );
+}
+
+fn topup_request(body: &str) -> ApiGatewayV2httpRequest {
+    let mut req = sample();
+    req.route_key = Some("PUT /v1/accounts/{account_id}/auto-topup".into());
+    req.request_context.http.method = lambda_http::http::Method::PUT;
+    req.body = Some(body.into());
+    req
+}
+
+#[tokio::test]
+async fn auto_topup_is_turned_on_with_the_packs_price_and_off_again() {
+    let h = handler();
+    let account = AccountId::parse("acct_demo_1").unwrap();
+    let (status, body) = call(
+        &h,
+        topup_request(r#"{"threshold":200000,"credit_pack":"credits_small","monthly_cap":3000}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["auto_topup"]["enabled"], true);
+    assert_eq!(body["auto_topup"]["amount"], 1000);
+    assert_eq!(body["auto_topup"]["credits"], 1_000_000);
+    let stored = h.topup().state(&account).settings.unwrap();
+    assert_eq!(
+        (stored.threshold, stored.pack.as_str(), stored.monthly_cap),
+        (200_000, "credits_small", 3000)
+    );
+
+    let (status, body) = call(&h, topup_request(r#"{"enabled":false}"#)).await;
+    assert_eq!(
+        (status, &body["auto_topup"]["enabled"]),
+        (200, &Value::Bool(false))
+    );
+    assert_eq!(h.topup().state(&account).settings, None);
+}
+
+#[tokio::test]
+async fn bad_auto_topup_settings_are_refused_naming_the_field_and_change_nothing() {
+    let h = handler();
+    let account = AccountId::parse("acct_demo_1").unwrap();
+    for (body, code, names) in [
+        (
+            r#"{"threshold":0,"credit_pack":"credits_small","monthly_cap":3000}"#,
+            "invalid_auto_topup",
+            "`threshold`",
+        ),
+        (
+            r#"{"threshold":-5,"credit_pack":"credits_small","monthly_cap":3000}"#,
+            "invalid_auto_topup",
+            "`threshold`",
+        ),
+        (
+            r#"{"threshold":1.5,"credit_pack":"credits_small","monthly_cap":3000}"#,
+            "invalid_auto_topup",
+            "`threshold`",
+        ),
+        (
+            r#"{"threshold":10,"credit_pack":"credits_huge","monthly_cap":3000}"#,
+            "unknown_credit_pack",
+            "credits_huge",
+        ),
+        (
+            r#"{"threshold":10,"monthly_cap":3000}"#,
+            "invalid_auto_topup",
+            "`credit_pack`",
+        ),
+        (
+            r#"{"threshold":10,"credit_pack":"credits_small","monthly_cap":999}"#,
+            "invalid_auto_topup",
+            "`monthly_cap` (999)",
+        ),
+        (
+            r#"{"threshold":10,"credit_pack":"credits_small","monthly_cap":3000,"card":"x"}"#,
+            "invalid_auto_topup",
+            "unknown field `card`",
+        ),
+        (r#"{"enabled":"yes"}"#, "invalid_auto_topup", "`enabled`"),
+        ("[1]", "invalid_auto_topup", "object"),
+        ("{", "invalid_auto_topup", "JSON"),
+    ] {
+        let (status, answer) = call(&h, topup_request(body)).await;
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(answer["error"]["code"], code, "{body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.contains(names), "{body}: {message}");
+    }
+    assert_eq!(h.topup().state(&account).settings, None);
 }

@@ -777,6 +777,57 @@ async fn an_inconsistent_deal_price_is_dead_lettered_with_its_reason() {
     }
 }
 
+/// An auto top-up's payment grants its pack once and ends its claim; a payment that is not a
+/// top-up's (Checkout's own) grants nothing here; one that paid the wrong amount is
+/// dead-lettered with the reason.
+#[tokio::test]
+async fn a_top_up_payment_grants_its_pack_once_and_ends_its_claim() {
+    let p = processor();
+    let e = event(
+        "evt_t1",
+        "payment_intent.succeeded",
+        100,
+        topup_payment("pi_t1", "3", 1000),
+    );
+    assert_eq!(p.apply(&e, NOW).await.unwrap(), Outcome::Applied);
+    let again = event(
+        "evt_t1b",
+        "payment_intent.succeeded",
+        101,
+        topup_payment("pi_t1", "3", 1000),
+    );
+    p.apply(&again, NOW).await.unwrap();
+    let view = p.store().account(&account()).await.unwrap().unwrap();
+    assert_eq!(view.credits, 1_000_000);
+    assert_eq!(p.store().topups_ended(&account()), vec![3]);
+
+    let mut checkout_payment = topup_payment("pi_checkout", "1", 1000);
+    checkout_payment["metadata"] = json!({ "account_id": ACCOUNT, "credit_pack": "credits_small" });
+    let e = event("evt_t2", "payment_intent.succeeded", 102, checkout_payment);
+    p.apply(&e, NOW).await.unwrap();
+    assert_eq!(
+        p.store()
+            .account(&account())
+            .await
+            .unwrap()
+            .unwrap()
+            .credits,
+        1_000_000
+    );
+
+    for (seq, amount, reason) in [("4", 999, "costs 1000 usd"), ("four", 1000, "`four`")] {
+        let e = event(
+            "evt_bad",
+            "payment_intent.succeeded",
+            103,
+            topup_payment("pi_bad", seq, amount),
+        );
+        let err = p.apply(&e, NOW).await.unwrap_err();
+        assert!(err.permanent() && err.to_string().contains(reason), "{err}");
+    }
+    assert_eq!(p.store().topups_ended(&account()), vec![3]);
+}
+
 /// A credit pack is granted only when the session paid its price in the catalog's currency;
 /// otherwise the event fails permanently (dead-lettered with the reason) and grants nothing.
 #[tokio::test]

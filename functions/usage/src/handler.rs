@@ -304,8 +304,8 @@ impl<S: UsageStore> UsageHandler<S> {
                 }
                 Committed::Changed(now_state) => {
                     debug!(account_id = %account, attempt, "account changed; deciding again");
-                    self.remember(account, now_state.clone());
-                    state = now_state;
+                    state = *now_state;
+                    self.remember(account, state.clone());
                     fresh = true;
                 }
                 Committed::Duplicate(first) => return Ok(with_status(&first, "duplicate")),
@@ -375,7 +375,7 @@ impl<S: UsageStore> UsageHandler<S> {
                 });
                 let notifications = notifications(account, request_id.as_str(), &tracked, &balance);
                 Decided::Write(Box::new(Decision {
-                    change: UsageChange::Track(UsageRecord {
+                    change: UsageChange::Track(Box::new(UsageRecord {
                         request: request_id.clone(),
                         model: call.model.as_str().to_owned(),
                         tokens: call.tokens,
@@ -387,7 +387,8 @@ impl<S: UsageStore> UsageHandler<S> {
                         rate_card_version: self.catalog.rate_card_version().to_owned(),
                         settled: tracked.settled_hold.and(reservation.cloned()),
                         answer: answer.to_string(),
-                    }),
+                        topup: tracked.topup,
+                    })),
                     ledger,
                     notifications,
                     answer,

@@ -6,13 +6,15 @@ use crate::billing::subscription::{SubscriptionState, SubscriptionStatus};
 use crate::catalog::{Catalog, DEAL_INCLUDED_UNITS_KEY, DEAL_PLAN_KEY, DealError, PricedItem};
 use crate::ids::AccountId;
 use crate::stripe::objects::{
-    CheckoutSession, EventData, Invoice, InvoiceEvent, StripeEvent, Subscription,
+    CheckoutSession, EventData, Invoice, InvoiceEvent, PaymentIntent, StripeEvent, Subscription,
 };
 
 /// Metadata key the checkout flow sets on sessions, subscriptions and customers.
 pub const ACCOUNT_METADATA_KEY: &str = "account_id";
 /// Metadata key naming the credit pack a payment-mode checkout session sells.
 pub const CREDIT_PACK_METADATA_KEY: &str = "credit_pack";
+/// Metadata key naming the auto top-up claim an off-session payment pays.
+pub const TOPUP_SEQ_METADATA_KEY: &str = "topup_seq";
 
 /// Where the event says its account is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +97,8 @@ pub enum Write {
         amount_paid: u64,
         refunded_before: Option<u64>,
     },
+    /// The auto top-up claim `seq` is paid: it is no longer in flight (with its grant).
+    EndTopupClaim { seq: u64 },
     /// Take back the refunded share of what is left of the refunded pack (see `credits`); a
     /// refund without its grant yet is remembered for the grant.
     ClawBack {
@@ -138,6 +142,8 @@ pub enum PlanError {
     NoPeriod,
     #[error("credit pack `{0}` is not in the catalog")]
     UnknownCreditPack(String),
+    #[error("the payment's `topup_seq` metadata `{0}` is not a top-up number")]
+    InvalidTopup(String),
     #[error("the account id in the event is invalid: {0}")]
     InvalidAccount(String),
     #[error("credit pack `{pack}` costs {expected}, but the payment was {paid}: not granted")]
@@ -219,6 +225,7 @@ pub fn plan_effects(event: &StripeEvent, catalog: &Catalog) -> Result<Effects, P
             };
             (account, writes)
         }
+        EventData::PaymentIntentSucceeded(p) => topup_payment(p, catalog)?,
         EventData::MeterErrorReport(_) => {
             alert = Some("Stripe reported meter events it could not apply".to_owned());
             (AccountRef::Unknown, Vec::new())
@@ -276,6 +283,43 @@ fn checkout(s: &CheckoutSession, catalog: &Catalog) -> Result<(AccountRef, Vec<W
             refunded_before: None,
         });
     }
+    Ok((account, writes))
+}
+
+/// An auto top-up's payment grants its pack, like a Checkout purchase, and ends its claim.
+/// Other payments (Checkout's own) are granted from their session's event: nothing here.
+fn topup_payment(
+    p: &PaymentIntent,
+    catalog: &Catalog,
+) -> Result<(AccountRef, Vec<Write>), PlanError> {
+    let account = account_from(p.metadata(ACCOUNT_METADATA_KEY), p.customer_id())?;
+    let Some(seq) = p.metadata(TOPUP_SEQ_METADATA_KEY) else {
+        return Ok((account, Vec::new()));
+    };
+    let seq = seq
+        .parse::<u64>()
+        .map_err(|_| PlanError::InvalidTopup(seq.chars().take(40).collect()))?;
+    let pack_id = p.metadata(CREDIT_PACK_METADATA_KEY).unwrap_or_default();
+    let pack = catalog
+        .credit_pack(pack_id)
+        .ok_or_else(|| PlanError::UnknownCreditPack(pack_id.to_owned()))?;
+    let amount_paid = check_payment(
+        &pack.id,
+        pack.amount,
+        &catalog.currency,
+        Some(p.amount_received),
+        Some(&p.currency),
+    )?;
+    let writes = vec![
+        Write::GrantCredits {
+            grant_id: p.id.clone(),
+            pack_id: pack.id.clone(),
+            credits: pack.credits,
+            amount_paid,
+            refunded_before: None,
+        },
+        Write::EndTopupClaim { seq },
+    ];
     Ok((account, writes))
 }
 

@@ -25,6 +25,8 @@ struct Account {
     customer_version: Option<i64>,
     subscription: Option<(SubscriptionState, i64)>,
     credits: u64,
+    /// Auto top-up claims whose payments were granted.
+    topups_ended: Vec<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +78,15 @@ impl InMemoryBillingStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The auto top-up claims whose payments the processor granted, in order.
+    pub fn topups_ended(&self, account: &AccountId) -> Vec<u64> {
+        self.lock()
+            .accounts
+            .get(account)
+            .map(|a| a.topups_ended.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -225,6 +236,16 @@ fn apply_write(
             });
             state.accounts.entry(account.clone()).or_default().credits += add;
         }
+        Write::EndTopupClaim { seq } => {
+            let ended = &mut state
+                .accounts
+                .entry(account.clone())
+                .or_default()
+                .topups_ended;
+            if !ended.contains(seq) {
+                ended.push(*seq);
+            }
+        }
         Write::ClawBack {
             grant_id,
             amount_refunded,
@@ -345,6 +366,8 @@ impl BillingStore for InMemoryBillingStore {
                 // serves the processor's tests, which never restrict an account.
                 downgraded: false,
                 suspended: false,
+                // Auto top-up's settings are the API's and the usage function's to write.
+                auto_topup: Default::default(),
             }
         }))
     }

@@ -15,6 +15,7 @@ pub mod dynamodb;
 pub mod memory;
 pub mod metering;
 pub mod outbox;
+pub mod topup;
 pub mod usage;
 pub mod usage_memory;
 
@@ -22,10 +23,12 @@ pub use dynamodb::DynamoDbBillingStore;
 
 pub use dunning::InMemoryDunningStore;
 pub use dynamodb::{
-    DynamoDbDunningStore, DynamoDbMeteringStore, DynamoDbOutboxStore, DynamoDbUsageStore,
+    DynamoDbDunningStore, DynamoDbMeteringStore, DynamoDbOutboxStore, DynamoDbTopupStore,
+    DynamoDbUsageStore,
 };
 pub use memory::InMemoryBillingStore;
 pub use outbox::InMemoryOutboxStore;
+pub use topup::InMemoryTopupStore;
 pub use usage_memory::InMemoryUsageStore;
 
 /// Processed-event markers outlive Stripe's 30-day resend window with margin. Nothing relies on
@@ -116,6 +119,8 @@ pub struct AccountView {
     pub downgraded: bool,
     /// Dunning suspended it: usage is recorded but not allowed.
     pub suspended: bool,
+    /// Auto top-up: its settings and where it stands.
+    pub auto_topup: crate::usage::topup::AutoTopup,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

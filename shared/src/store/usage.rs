@@ -15,6 +15,7 @@ use crate::ids::{AccountId, RequestId, ReservationId};
 use crate::usage::ledger::{Covered, Ledger};
 use crate::usage::period::Period;
 use crate::usage::request::Tokens;
+use crate::usage::topup::TopupClaim;
 
 /// What the processor stored about the account's plan (the catalog fills in the rest).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +54,8 @@ pub struct UsageRecord {
     pub settled: Option<ReservationId>,
     /// The answer given the first time, given again to every duplicate.
     pub answer: String,
+    /// The automatic top-up the use claimed: written with it, paid by the top-up function.
+    pub topup: Option<TopupClaim>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +111,7 @@ pub struct Notification {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UsageChange {
     /// A use: its record (once per request id) and the period's per-model totals.
-    Track(UsageRecord),
+    Track(Box<UsageRecord>),
     /// A hold's record (once per request id).
     Reserve(HoldRecord),
     /// A hold's end: the record moves from `held` to `status` (released or expired).
@@ -124,7 +127,7 @@ pub enum Committed<V> {
     /// Written; the account's new version.
     Done(V),
     /// The account changed since it was loaded: nothing written; here it is now.
-    Changed(UsageAccount<V>),
+    Changed(Box<UsageAccount<V>>),
     /// The request was recorded before: nothing written; the first answer. Reported before
     /// a changed account, since deciding again could not change it.
     Duplicate(String),

@@ -12,6 +12,7 @@ use super::usage::{
 };
 use crate::ids::{AccountId, RequestId, ReservationId};
 use crate::usage::ledger::Ledger;
+use crate::usage::topup::{AutoTopup, TopupClaim};
 
 #[derive(Debug, Default)]
 struct State {
@@ -79,6 +80,27 @@ impl InMemoryUsageStore {
         out
     }
 
+    /// Auto top-up as the API and the processor would leave it (settings, customer, card).
+    pub fn set_topup(&self, account: &AccountId, topup: AutoTopup) {
+        let mut s = self.lock();
+        let e = Self::entry(&mut s, account);
+        e.0 += 1;
+        e.2.topup = topup;
+    }
+
+    /// The top-ups the account's uses claimed, in claim order.
+    pub fn topup_claims(&self, account: &AccountId) -> Vec<TopupClaim> {
+        let mut claims: Vec<TopupClaim> = self
+            .lock()
+            .records
+            .iter()
+            .filter(|((a, _), _)| a == account)
+            .filter_map(|(_, r)| r.topup.clone())
+            .collect();
+        claims.sort_by_key(|c| c.seq);
+        claims
+    }
+
     pub fn hold(&self, reservation: &ReservationId) -> Option<HoldRecord> {
         self.lock().holds.get(reservation).map(|(_, h)| h.clone())
     }
@@ -130,7 +152,7 @@ impl UsageStore for InMemoryUsageStore {
                     return Ok(Committed::Duplicate(first.answer.clone()));
                 }
                 if now.version != *expected {
-                    return Ok(Committed::Changed(now));
+                    return Ok(Committed::Changed(Box::new(now)));
                 }
                 if let Some(settled) = &r.settled {
                     match s.holds.get(settled) {
@@ -151,7 +173,7 @@ impl UsageStore for InMemoryUsageStore {
             },
         }
         if now.version != *expected {
-            return Ok(Committed::Changed(now));
+            return Ok(Committed::Changed(Box::new(now)));
         }
         match change {
             UsageChange::Track(r) => {
@@ -170,7 +192,7 @@ impl UsageStore for InMemoryUsageStore {
                 t.period = r.period;
                 t.add(1, r.units, r.covered, r.tokens);
                 s.records
-                    .insert((account.clone(), r.request.clone()), r.clone());
+                    .insert((account.clone(), r.request.clone()), (**r).clone());
             }
             UsageChange::Reserve(h) => {
                 s.holds

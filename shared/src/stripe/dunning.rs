@@ -12,11 +12,9 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use serde_json::{Value, json};
-use stripe::StripeRequest;
-use stripe_client_core::{RequestBuilder, StripeMethod};
 
 use super::api::RealStripe;
-use super::keyed::{KeyedError, send_keyed};
+use super::keyed::{KeyedError, RawRequest, send_keyed};
 
 /// What an attempt to pay an invoice came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,19 +70,6 @@ pub trait DunningApi {
     ) -> impl Future<Output = Result<(), DunningCallError>> + Send;
 }
 
-struct RawPost {
-    path: String,
-    form: Value,
-}
-
-impl StripeRequest for RawPost {
-    type Output = miniserde::json::Value;
-
-    fn build(&self) -> RequestBuilder {
-        RequestBuilder::new(StripeMethod::Post, self.path.as_str()).form(&self.form)
-    }
-}
-
 /// How one post ended, before the caller reads it.
 enum Posted {
     Ok,
@@ -97,10 +82,7 @@ impl RealStripe {
     /// refused by the invoice itself (a paid invoice cannot be paid), and the subscription
     /// updates set a value.
     async fn post(&self, path: String, form: Value, key: &str) -> Result<Posted, DunningCallError> {
-        let build = || RawPost {
-            path: path.clone(),
-            form: form.clone(),
-        };
+        let build = || RawRequest::post(&path, &form);
         match send_keyed(&self.client, self.budget, key, build).await {
             Ok(_) => Ok(Posted::Ok),
             Err(KeyedError::Retryable(why)) => Err(DunningCallError::Retryable(why)),

@@ -7,9 +7,58 @@
 use std::time::Duration;
 
 use stripe::StripeRequest;
-use stripe_client_core::{IdempotencyKey, RequestStrategy};
+use stripe_client_core::{IdempotencyKey, RequestBuilder, RequestStrategy, StripeMethod};
 
 use crate::retry::full_jitter;
+
+/// A form request whose answer is read as plain JSON: for calls where only an id or a status
+/// matters, so no full Stripe object has to parse.
+pub struct RawRequest {
+    method: StripeMethod,
+    path: String,
+    form: Option<serde_json::Value>,
+}
+
+impl RawRequest {
+    pub fn post(path: &str, form: &serde_json::Value) -> Self {
+        Self {
+            method: StripeMethod::Post,
+            path: path.to_owned(),
+            form: Some(form.clone()),
+        }
+    }
+
+    pub fn get(path: &str) -> Self {
+        Self {
+            method: StripeMethod::Get,
+            path: path.to_owned(),
+            form: None,
+        }
+    }
+}
+
+impl StripeRequest for RawRequest {
+    type Output = miniserde::json::Value;
+
+    fn build(&self) -> RequestBuilder {
+        let request = RequestBuilder::new(self.method, self.path.as_str());
+        match &self.form {
+            Some(form) => request.form(form),
+            None => request,
+        }
+    }
+}
+
+/// A string field of a JSON answer.
+pub fn field<'a>(answer: &'a miniserde::json::Value, name: &str) -> Option<&'a str> {
+    match answer {
+        miniserde::json::Value::Object(map) => match map.get(name) {
+            Some(miniserde::json::Value::String(s)) => Some(s.as_str()),
+            _ => None,
+        },
+        _ => None,
+    }
+}
 
 /// Attempts per call.
 const ATTEMPTS: u32 = 3;

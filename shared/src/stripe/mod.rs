@@ -8,6 +8,7 @@ pub mod meter;
 pub mod objects;
 pub mod portal;
 pub mod signature;
+pub mod topup;
 
 pub use envelope::{EnvelopeError, EventEnvelope};
 pub use signature::{SignatureError, WebhookVerifier};

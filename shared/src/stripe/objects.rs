@@ -251,6 +251,28 @@ impl Charge {
     }
 }
 
+/// A payment made outside Checkout: the auto top-up's off-session payments.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PaymentIntent {
+    pub id: String,
+    #[serde(default)]
+    pub customer: Option<Expandable>,
+    pub amount_received: i64,
+    pub currency: String,
+    #[serde(default)]
+    pub metadata: Option<HashMap<String, String>>,
+}
+
+impl PaymentIntent {
+    pub fn customer_id(&self) -> Option<&str> {
+        id_of(&self.customer)
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&str> {
+        self.metadata.as_ref()?.get(key).map(String::as_str)
+    }
+}
+
 /// What an event is about, for the types the processor acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventData {
@@ -264,6 +286,7 @@ pub enum EventData {
     CustomerUpdated(Customer),
     CustomerDeleted(Customer),
     ChargeRefunded(Charge),
+    PaymentIntentSucceeded(PaymentIntent),
     /// Stripe could not apply some meter events: kept whole for the operator.
     MeterErrorReport(serde_json::Value),
     /// A type this backend does not act on: acknowledged and recorded, never retried.
@@ -369,6 +392,7 @@ impl StripeEvent {
             "customer.updated" => EventData::CustomerUpdated(typed(t, object)?),
             "customer.deleted" => EventData::CustomerDeleted(typed(t, object)?),
             "charge.refunded" => EventData::ChargeRefunded(typed(t, object)?),
+            "payment_intent.succeeded" => EventData::PaymentIntentSucceeded(typed(t, object)?),
             "billing.meter.error_report_triggered" => EventData::MeterErrorReport(object),
             _ => EventData::Unhandled,
         };
@@ -395,6 +419,7 @@ impl StripeEvent {
             | EventData::CustomerUpdated(c)
             | EventData::CustomerDeleted(c) => Some(&c.id),
             EventData::ChargeRefunded(c) => c.customer_id(),
+            EventData::PaymentIntentSucceeded(p) => p.customer_id(),
             EventData::MeterErrorReport(_) | EventData::Unhandled => None,
         }
     }
@@ -411,6 +436,7 @@ impl StripeEvent {
             | EventData::CustomerUpdated(c)
             | EventData::CustomerDeleted(c) => &c.id,
             EventData::ChargeRefunded(c) => &c.id,
+            EventData::PaymentIntentSucceeded(p) => &p.id,
             EventData::MeterErrorReport(_) | EventData::Unhandled => return None,
         };
         StripeObjectId::parse(id).ok()

@@ -27,6 +27,7 @@
 use std::collections::BTreeMap;
 
 use super::period::{Period, calendar_month, period_containing};
+use super::topup::{AutoTopup, TopupClaim};
 use crate::ids::ReservationId;
 
 /// At most this many live holds per account: they live on the account's item, whose size is
@@ -97,6 +98,7 @@ pub struct Ledger {
     pub current: Option<Counter>,
     pub previous: Option<Counter>,
     pub holds: BTreeMap<ReservationId, Hold>,
+    pub topup: AutoTopup,
 }
 
 /// Units paid by each bucket.
@@ -155,6 +157,8 @@ pub struct Tracked {
     /// The reservation it settled, if it named one that was still live.
     pub settled_hold: Option<Hold>,
     pub notices: Vec<Notice>,
+    /// The automatic top-up this use claimed, if any.
+    pub topup: Option<TopupClaim>,
 }
 
 /// Why a reservation is refused (an answer, not an error).
@@ -358,11 +362,15 @@ impl Ledger {
             });
         }
         self.note_blocked(terms, now, &mut notices);
+        // Credits paid for some of it, or it went beyond them: that is what a top-up refills.
+        let took_credits = from_credits + rest > 0;
+        let topup = self.topup.claim(self.credits, took_credits, now).ok();
         Tracked {
             covered,
             period,
             settled_hold,
             notices,
+            topup,
         }
     }
 

@@ -160,3 +160,18 @@ pub fn deal_subscription(id: &str, price: &str, plan: &str, included_units: &str
     s["items"]["data"][0]["price"]["tiers_mode"] = json!("volume");
     s
 }
+
+/// An auto top-up's payment as Stripe's `payment_intent.succeeded` carries it.
+pub fn topup_payment(payment_intent: &str, seq: &str, amount: i64) -> Value {
+    let mut p = resource("payment_intent");
+    p["id"] = json!(payment_intent);
+    p["customer"] = json!(CUSTOMER);
+    p["status"] = json!("succeeded");
+    p["amount"] = json!(amount);
+    p["amount_received"] = json!(amount);
+    p["currency"] = json!("usd");
+    p["off_session"] = json!(true);
+    p["metadata"] =
+        json!({ "account_id": ACCOUNT, "credit_pack": "credits_small", "topup_seq": seq });
+    p
+}

@@ -194,5 +194,6 @@ pub(super) fn view(account: &AccountId, item: &Item) -> AccountView {
         suspended: restricted(item, SUSPENDED_FOR),
         subscription,
         credits: get_n(item, "credits").unwrap_or(0),
+        auto_topup: super::usage::auto_topup_from(item),
     }
 }

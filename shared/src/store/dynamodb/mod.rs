@@ -25,12 +25,14 @@ mod invoices;
 mod item;
 mod metering;
 mod outbox;
+mod topup;
 mod usage;
 
 pub use dunning::DynamoDbDunningStore;
 pub use invoices::{DUNNING_INDEX, DUNNING_INDEX_KEY};
 pub use metering::DynamoDbMeteringStore;
 pub use outbox::{DynamoDbOutboxStore, notification_id_of_pk};
+pub use topup::DynamoDbTopupStore;
 pub use usage::{DynamoDbUsageStore, Snapshot};
 
 use std::collections::HashMap;
@@ -293,6 +295,11 @@ impl DynamoDbBillingStore {
                 },
                 created,
             ),
+            Write::EndTopupClaim { seq } => {
+                let mut e = Expr::default();
+                topup::end_claim(&mut e, *seq);
+                vec![Op::update(account_key(account), e, None, Judge::Retry)]
+            }
             Write::ClawBack {
                 grant_id,
                 amount_refunded,

@@ -25,6 +25,7 @@ use super::invoices::{DOWNGRADED_FOR, SUSPENDED_FOR};
 use super::item::{
     Expr, Item, Judge, Op, account_key, account_pk, get_bool, get_n, get_s, key, n, s,
 };
+use super::topup::{AT_FLIGHT, AT_ON, AT_REV, TOPUP_PENDING, topup_key};
 use crate::billing::SubscriptionStatus;
 use crate::catalog::FREE_PLAN;
 use crate::ids::{AccountId, RequestId, ReservationId};
@@ -36,6 +37,7 @@ use crate::store::usage::{
 use crate::usage::ledger::{Counter, Covered, Hold, Ledger};
 use crate::usage::period::Period;
 use crate::usage::request::Tokens;
+use crate::usage::topup::{AutoTopup, TopupClaim, TopupSettings};
 
 /// Records outlive Stripe's 35-day window by far: a duplicate a year later still finds its first answer.
 const RECORD_TTL_SECS: i64 = 400 * 86_400;
@@ -44,7 +46,9 @@ const OUTBOX_TTL_SECS: i64 = 90 * 86_400;
 const CONFLICT_ATTEMPTS: u32 = 5;
 
 /// The account attributes a usage decision reads; a commit requires each to be as loaded.
-const WATCHED: [&str; 10] = [
+/// Auto top-up's settings and claims change `at_rev`; the customer and its cards are what a
+/// top-up would charge.
+const WATCHED: [&str; 14] = [
     "effective_plan",
     "included_units",
     "sub_status",
@@ -55,11 +59,16 @@ const WATCHED: [&str; 10] = [
     "last_topup",
     "u_rev",
     DOWNGRADED_FOR,
+    AT_REV,
+    "customer_id",
+    "customer_card",
+    "sub_card",
 ];
 
-/// Where `credits` and `u_rev` sit in `WATCHED` (checked by a test).
+/// Where `credits`, `u_rev` and `at_rev` sit in `WATCHED` (checked by a test).
 const CREDITS_AT: usize = 6;
 const U_REV_AT: usize = 8;
+const AT_REV_AT: usize = 10;
 
 /// The account as loaded: the watched attributes, or `None` when there was no item.
 #[derive(Debug, Clone, PartialEq)]
@@ -213,8 +222,60 @@ fn account_from(item: Option<&Item>) -> UsageAccount<Snapshot> {
             current: counter_from(item.get("u_cur")),
             previous: counter_from(item.get("u_prev")),
             holds,
+            topup: auto_topup_from(item),
         },
     }
+}
+
+/// Auto top-up as the account item holds it (`topup.rs` in this folder writes the settings
+/// and settles claims).
+pub(super) fn auto_topup_from(item: &Item) -> AutoTopup {
+    let settings = get_bool(item, AT_ON)
+        .unwrap_or(false)
+        .then(|| TopupSettings {
+            threshold: get_n(item, "at_threshold").unwrap_or(0),
+            pack: get_s(item, "at_pack").unwrap_or_default(),
+            amount: get_n(item, "at_amount").unwrap_or(0),
+            credits: get_n(item, "at_credits").unwrap_or(0),
+            monthly_cap: get_n(item, "at_cap").unwrap_or(0),
+        });
+    AutoTopup {
+        settings,
+        seq: get_n(item, "at_seq").unwrap_or(0),
+        in_flight: item
+            .get(AT_FLIGHT)
+            .and_then(|v| v.as_ss().ok())
+            .and_then(|seqs| seqs.iter().filter_map(|q| q.parse().ok()).max()),
+        month: get_n(item, "at_month").unwrap_or(0),
+        spent: get_n(item, "at_spent").unwrap_or(0),
+        declined_card: get_s(item, "at_declined_card"),
+        customer: get_s(item, "customer_id"),
+        card: get_s(item, "customer_card").or_else(|| get_s(item, "sub_card")),
+    }
+}
+
+/// The claimed top-up, for the top-up function (the table's stream brings it the insert).
+fn topup_op(account: &AccountId, claim: &TopupClaim) -> Op {
+    let mut attrs = Item::new();
+    attrs.insert("account_id".into(), s(account.as_str()));
+    attrs.insert("seq".into(), n(claim.seq));
+    attrs.insert("pack".into(), s(&claim.pack));
+    attrs.insert("amount".into(), n(claim.amount));
+    attrs.insert("credits".into(), n(claim.credits));
+    attrs.insert("customer".into(), s(&claim.customer));
+    attrs.insert("card".into(), s(&claim.card));
+    attrs.insert("claimed_at".into(), n(claim.claimed_at));
+    attrs.insert("status".into(), s(TOPUP_PENDING));
+    attrs.insert("expires_at".into(), n(claim.claimed_at + RECORD_TTL_SECS));
+    let mut e = Expr::default();
+    e.name("pk");
+    Op::put(
+        topup_key(account, claim.seq),
+        attrs,
+        e,
+        Some("attribute_not_exists(#pk)".into()),
+        Judge::Retry,
+    )
 }
 
 /// `report_due`'s value while an account has overage not yet reported: the key of the sparse
@@ -222,7 +283,13 @@ fn account_from(item: Option<&Item>) -> UsageAccount<Snapshot> {
 pub(super) const REPORT_DUE: &str = "due";
 
 /// The account's new ledger, if it is still as loaded; `overage` marks it due for reporting.
-fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger, overage: bool) -> Op {
+fn account_op(
+    account: &AccountId,
+    expected: &Snapshot,
+    ledger: &Ledger,
+    overage: bool,
+    claimed: bool,
+) -> Op {
     let mut e = Expr::default();
     let condition = match &expected.0 {
         None => {
@@ -257,6 +324,13 @@ fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger, overage
     if overage {
         e.set("report_due", s(REPORT_DUE));
     }
+    if claimed && let Some(seq) = ledger.topup.in_flight {
+        e.set("at_seq", n(ledger.topup.seq))
+            .set("at_month", n(ledger.topup.month))
+            .set("at_spent", n(ledger.topup.spent))
+            .add(AT_FLIGHT, AttributeValue::Ss(vec![seq.to_string()]))
+            .set(AT_REV, n(at_revision(expected) + 1));
+    }
     match &ledger.current {
         Some(c) => e.set("u_cur", counter_to(c)),
         None => e.remove("u_cur"),
@@ -268,24 +342,35 @@ fn account_op(account: &AccountId, expected: &Snapshot, ledger: &Ledger, overage
     Op::update(account_key(account), e, Some(condition), Judge::Retry)
 }
 
-fn revision(expected: &Snapshot) -> u64 {
+fn watched_n(expected: &Snapshot, at: usize) -> u64 {
     expected
         .0
         .as_ref()
-        .and_then(|values| values[U_REV_AT].as_ref())
+        .and_then(|values| values[at].as_ref())
         .and_then(|v| v.as_n().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
+fn revision(expected: &Snapshot) -> u64 {
+    watched_n(expected, U_REV_AT)
+}
+
+fn at_revision(expected: &Snapshot) -> u64 {
+    watched_n(expected, AT_REV_AT)
+}
+
 /// The account's watched attributes once `ledger` is written over `expected`.
-fn version_after(expected: &Snapshot, ledger: &Ledger) -> Snapshot {
+fn version_after(expected: &Snapshot, ledger: &Ledger, claimed: bool) -> Snapshot {
     let mut values = expected
         .0
         .clone()
         .unwrap_or_else(|| vec![None; WATCHED.len()]);
     values[CREDITS_AT] = Some(n(ledger.credits));
     values[U_REV_AT] = Some(n(revision(expected) + 1));
+    if claimed {
+        values[AT_REV_AT] = Some(n(at_revision(expected) + 1));
+    }
     Snapshot(Some(values))
 }
 
@@ -440,11 +525,21 @@ impl UsageStore for DynamoDbUsageStore {
     ) -> Result<Committed<Snapshot>, StoreError> {
         // The change's record first, the account second: their positions name them in a
         // cancellation.
-        let mut ops = Vec::with_capacity(4 + notifications.len());
+        let mut ops = Vec::with_capacity(5 + notifications.len());
+        let claim = match change {
+            UsageChange::Track(r) => r.topup.as_ref(),
+            _ => None,
+        };
         let recorded_at = match change {
             UsageChange::Track(r) => {
                 ops.push(record_op(account, r));
-                ops.push(account_op(account, expected, ledger, r.covered.overage > 0));
+                ops.push(account_op(
+                    account,
+                    expected,
+                    ledger,
+                    r.covered.overage > 0,
+                    claim.is_some(),
+                ));
                 ops.push(totals_op(account, r));
                 if let Some(settled) = &r.settled {
                     ops.push(hold_status_op(account, settled, HoldStatus::Settled));
@@ -453,7 +548,7 @@ impl UsageStore for DynamoDbUsageStore {
             }
             UsageChange::Reserve(h) => {
                 ops.push(hold_put_op(account, h));
-                ops.push(account_op(account, expected, ledger, false));
+                ops.push(account_op(account, expected, ledger, false, false));
                 h.expires_at
             }
             UsageChange::Release {
@@ -461,12 +556,15 @@ impl UsageStore for DynamoDbUsageStore {
                 status,
             } => {
                 ops.push(hold_status_op(account, reservation, *status));
-                ops.push(account_op(account, expected, ledger, false));
+                ops.push(account_op(account, expected, ledger, false, false));
                 0
             }
         };
         for note in notifications {
             ops.push(outbox_op(account, note, recorded_at));
+        }
+        if let Some(claim) = claim {
+            ops.push(topup_op(account, claim));
         }
         let table = &self.store.table;
         let items = ops
@@ -495,7 +593,11 @@ impl UsageStore for DynamoDbUsageStore {
                         .filter_map(|c| c.capacity_units())
                         .sum();
                     tracing::debug!(account_id = %account, write_units = units, "usage committed");
-                    return Ok(Committed::Done(version_after(expected, ledger)));
+                    return Ok(Committed::Done(version_after(
+                        expected,
+                        ledger,
+                        claim.is_some(),
+                    )));
                 }
                 Err(e) => e,
             };
@@ -547,7 +649,7 @@ impl UsageStore for DynamoDbUsageStore {
                     Some(item) => account_from(Some(item)),
                     None => self.load(account).await?,
                 };
-                return Ok(Committed::Changed(fresh));
+                return Ok(Committed::Changed(Box::new(fresh)));
             }
             if let Some(reason) = failed(3).filter(|_| matches!(change, UsageChange::Track(_))) {
                 return Ok(Committed::NotHeld(reason.item().and_then(hold_from)));
@@ -609,11 +711,12 @@ impl UsageStore for DynamoDbUsageStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{CREDITS_AT, U_REV_AT, WATCHED};
+    use super::{AT_REV, AT_REV_AT, CREDITS_AT, U_REV_AT, WATCHED};
 
     #[test]
     fn the_positions_written_after_a_commit_name_the_right_attributes() {
         assert_eq!(WATCHED[CREDITS_AT], "credits");
         assert_eq!(WATCHED[U_REV_AT], "u_rev");
+        assert_eq!(WATCHED[AT_REV_AT], AT_REV);
     }
 }
