@@ -447,6 +447,10 @@ def deal_price(env: dict, included_units: int, tiers: list[tuple[str, str]]) -> 
 def play_enterprise(env: dict) -> None:
     print("\n7. An enterprise deal, made in Stripe while everything runs (no catalog change, no deploy):\n"
           "   sales create a volume-tiered overage price whose metadata names the plan and allowance.\n")
+    # The dunning story moved the simulator's clock weeks ahead; this story starts today, so
+    # that the usage reported to the meter falls in the new subscription's period.
+    ahead = sim(env, "clock/advance", {"seconds": 0})["now"] - int(time.time())
+    sim(env, "clock/advance", {"seconds": -ahead})
     account = "acct_demo_acme"
     customer = stripe_call(env, "POST", "/v1/customers", {"email": "billing@acme.example", "metadata[account_id]": account})
     tiers = [("2000000", "0.03"), ("inf", "0.02")]
@@ -477,6 +481,74 @@ def play_enterprise(env: dict) -> None:
         print(f"      {line['description']:<52} {line['amount'] / 100:>10,.2f} USD")
 
 
+def put_api(env: dict, path: str, body: dict) -> dict:
+    req = urllib.request.Request(env["LOCAL_HTTP_ENDPOINT"] + path, data=json.dumps(body).encode(), method="PUT",
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def topup_payments(env: dict, account: str) -> list[dict]:
+    """The account's auto top-up payments that Stripe took (from Stripe's event log)."""
+    query = urllib.parse.urlencode({"type": "payment_intent.succeeded", "limit": 100})
+    events = stripe_call(env, "GET", f"/v1/events?{query}")["data"]
+    return [e["data"]["object"] for e in events
+            if e["data"]["object"]["metadata"].get("account_id") == account and "topup_seq" in e["data"]["object"]["metadata"]]
+
+
+def wait_for_card(env: dict, account: str, card: str, timeout: float = 30) -> None:
+    """Until the processor has put the customer's new default card on the account."""
+    ddb = boto3.client("dynamodb", endpoint_url=env["LOCAL_DYNAMODB_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        item = ddb.get_item(TableName=env["TABLE_NAME_BILLING_TABLE"], ConsistentRead=True,
+                            Key={"pk": {"S": f"ACCOUNT#{account}"}, "sk": {"S": "ACCOUNT"}}).get("Item") or {}
+        if item.get("customer_card", {}).get("S") == card:
+            return
+        time.sleep(0.2)
+
+
+def play_auto_topup(env: dict) -> None:
+    import concurrent.futures
+
+    print("\n8. Auto top-up: a customer with a saved card opts in (PUT /v1/accounts/{id}/auto-topup), then\n"
+          "   20 requests race across the threshold on several warm instances of the usage function.\n")
+    account = "acct_demo_refill"
+    customer = stripe_call(env, "POST", "/v1/customers", {"email": "ops@refill.example", "metadata[account_id]": account})
+    session = stripe_call(env, "POST", "/v1/checkout/sessions", {
+        "mode": "payment", "customer": customer["id"], "client_reference_id": account,
+        "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
+        "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
+        "payment_intent_data[metadata][account_id]": account})
+    sim(env, f"checkout/sessions/{session['id']}/complete")
+    card = sim(env, f"customers/{customer['id']}/payment_method")["invoice_settings"]["default_payment_method"]
+    wait_for_card(env, account, card)
+    settings = put_api(env, f"/v1/accounts/{account}/auto-topup",
+                       {"threshold": 600_000, "credit_pack": "credits_small", "monthly_cap": 3_000})["auto_topup"]
+    a = wait_for(env, account, lambda b: b["credits"] == 1_000_000)
+    print(f"    {a['credits']:,} credits; below {settings['threshold']:,} buy {settings['credit_pack']} "
+          f"({settings['credits']:,} credits for {settings['amount'] / 100:.2f} USD), at most "
+          f"{settings['monthly_cap'] / 100:.2f} USD a month")
+
+    def one(i: int) -> dict:
+        while True:
+            answer = usage(env, {"action": "track", "account_id": account, "request_id": f"refill-{i}",
+                                 "model": "unlisted-model", "input_tokens": 30_000, "output_tokens": 0})
+            if answer.get("errorType") != "ContentionError":
+                return answer
+    with concurrent.futures.ThreadPoolExecutor(max_workers=20) as pool:
+        answers = list(pool.map(one, range(20)))
+    recorded = sum(1 for x in answers if x.get("status") == "recorded")
+    print(f"    20 × 30,000 units at once ({recorded} recorded): the free tier's 100,000 included units, then "
+          f"500,000 credits, crossing the threshold once")
+    a = wait_for(env, account, lambda b: b["credits"] > 1_000_000)
+    paid = topup_payments(env, account)
+    taken = ", ".join(f"{p['id']} {p['amount'] / 100:.2f} USD" for p in paid)
+    print(f"    off-session payments Stripe took: {len(paid)} ({taken})")
+    print(f"    credits after the top-up: {a['credits']:,} (granted by payment_intent.succeeded, as a purchase is)")
+
+
 def play_forgeries(env: dict) -> None:
     print(f"\n9. Deliveries that are not Stripe's, or not fresh, are refused at {env['WEBHOOK_URL']}:\n")
     for what, body, signature in forgeries(int(time.time())):
@@ -489,6 +561,7 @@ def play_forgeries(env: dict) -> None:
 def play(env: dict) -> None:
     play_stripe_story(env)
     play_enterprise(env)
+    play_auto_topup(env)
     play_forgeries(env)
     print("\nLogs:", Settings().state / "logs")
 
