@@ -23,6 +23,7 @@ pub mod queue;
 pub mod retry;
 pub mod secrets;
 pub mod store;
+pub mod stream;
 pub mod stripe;
 pub mod telemetry;
 pub mod usage;

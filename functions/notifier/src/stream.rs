@@ -2,7 +2,7 @@
 //! sequence number: the entry itself is read back consistently), and the answer that names the
 //! records to retry.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamEvent {
@@ -46,15 +46,4 @@ impl StreamRecord {
     }
 }
 
-/// Lambda's partial batch response: the stream resumes from the first failed record.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct BatchResponse {
-    #[serde(rename = "batchItemFailures")]
-    pub batch_item_failures: Vec<ItemFailure>,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ItemFailure {
-    #[serde(rename = "itemIdentifier")]
-    pub item_identifier: String,
-}
+pub use shared::stream::{BatchResponse, ItemFailure};

@@ -15,7 +15,7 @@ use shared::store::usage::Notification;
 use shared::stripe::topup::{ChargeOutcome, TopupApi, TopupCallError, TopupCharge};
 use tracing::{error, info, warn};
 
-use crate::stream::{BatchResponse, ClaimImage, ItemFailure, StreamEvent};
+use crate::stream::{BatchResponse, ClaimImage, StreamEvent};
 
 pub const FAILED_NOTIFICATION: &str = "credits.topup_failed";
 
@@ -66,14 +66,7 @@ impl<S: TopupStore, A: TopupApi> Topup<S, A> {
             if let Err(e) = self.pay(&charge, &mut summary).await {
                 warn!(account_id = %charge.account, seq = charge.seq, error = %e,
                     "top-up not finished; the stream delivers it again");
-                return (
-                    BatchResponse {
-                        batch_item_failures: vec![ItemFailure {
-                            item_identifier: sequence,
-                        }],
-                    },
-                    summary,
-                );
+                return (BatchResponse::resume_from(sequence), summary);
             }
         }
         (BatchResponse::default(), summary)

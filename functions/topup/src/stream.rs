@@ -1,7 +1,7 @@
 //! The table's stream, as the top-up function reads it: the inserted claim's new image, parsed
 //! only as far as a payment needs, and the answer that names the record to resume from.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
 pub struct StreamEvent {
@@ -59,15 +59,4 @@ impl N {
     }
 }
 
-/// Lambda's partial batch response: the stream resumes from the first failed record.
-#[derive(Debug, Default, Serialize, PartialEq, Eq)]
-pub struct BatchResponse {
-    #[serde(rename = "batchItemFailures")]
-    pub batch_item_failures: Vec<ItemFailure>,
-}
-
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ItemFailure {
-    #[serde(rename = "itemIdentifier")]
-    pub item_identifier: String,
-}
+pub use shared::stream::{BatchResponse, ItemFailure};

@@ -12,6 +12,9 @@ use shared::store::DynamoDbUsageStore;
 use shared::store::usage::UsageStore;
 use usage::handler::UsageHandler;
 
+mod support;
+use support::run_all;
+
 const NOW: i64 = 1_767_225_600 + 3_600;
 
 type Handler = UsageHandler<Arc<DynamoDbUsageStore>>;
@@ -100,30 +103,6 @@ fn num(item: &HashMap<String, AttributeValue>, k: &str) -> u64 {
 
 fn track(account: &str, request: &str, units: u64) -> Value {
     json!({"action":"track","account_id":account,"request_id":request,"model":"unlisted-model","input_tokens":units,"output_tokens":0})
-}
-
-/// Runs the calls at once, each as an app makes it: a `ContentionError` (the account kept
-/// changing until the deadline) is retried with the same request id, which the function makes
-/// safe. The totals asserted afterwards would show any call charged twice.
-async fn run_all(calls: Vec<(Arc<Handler>, Value, i64)>) -> Vec<Value> {
-    let tasks: Vec<_> = calls
-        .into_iter()
-        .map(|(h, payload, now)| {
-            tokio::spawn(async move {
-                loop {
-                    match h.handle(&payload, now).await {
-                        Err(e) if e.error_type() == "ContentionError" => continue,
-                        other => return other,
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap().unwrap());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]

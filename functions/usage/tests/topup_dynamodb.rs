@@ -19,6 +19,9 @@ use shared::store::{
 use shared::usage::topup::TopupSettings;
 use usage::handler::UsageHandler;
 
+mod support;
+use support::run_all;
+
 /// 2026-01-31T00:00:00Z: the next calendar month starts a day later.
 const JAN_31: i64 = 1_769_817_600;
 const FEB_1: i64 = 1_769_904_000;
@@ -143,28 +146,6 @@ impl Stack {
             .unwrap();
         assert_eq!(applied, ApplyResult::Applied);
     }
-}
-
-/// Runs the calls at once; a `ContentionError` is retried with the same request id.
-async fn run_all(calls: Vec<(Arc<Handler>, Value, i64)>) -> Vec<Value> {
-    let tasks: Vec<_> = calls
-        .into_iter()
-        .map(|(h, payload, now)| {
-            tokio::spawn(async move {
-                loop {
-                    match h.handle(&payload, now).await {
-                        Err(e) if e.error_type() == "ContentionError" => continue,
-                        other => return other,
-                    }
-                }
-            })
-        })
-        .collect();
-    let mut out = Vec::new();
-    for t in tasks {
-        out.push(t.await.unwrap().unwrap());
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]

@@ -6,16 +6,15 @@
 use std::collections::BTreeSet;
 
 use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::DynamoDbBillingStore;
 use super::invoices::{
     DOWNGRADED_FOR, DUNNING_INDEX, DUNNING_INDEX_KEY, DUNNING_INDEX_VALUE, SUSPENDED_FOR,
 };
 use super::item::{Expr, Item, Judge, Op, account_key, get_n, get_s, invoice_key, s};
 use super::metering::written;
 use super::usage::outbox_op;
+use super::{DynamoDbBillingStore, Guarded};
 use crate::billing::dunning::{Step, Steps};
 use crate::ids::AccountId;
 use crate::store::StoreError;
@@ -173,42 +172,14 @@ impl DunningStore for DynamoDbDunningStore {
             };
             ops.push((Some(2), outbox_op(&case.account, &note, now)));
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let items = self.store.transact_items(ops.clone())?;
-            let result = self
-                .store
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .send()
-                .await;
-            let err = match result {
-                Ok(_) => return Ok(Recorded::Taken),
-                Err(err) => err,
-            };
-            if let SdkError::ServiceError(se) = &err
-                && let TransactWriteItemsError::TransactionCanceledException(cancel) = se.err()
-            {
-                let reasons = cancel.cancellation_reasons();
-                if let Some(first) = reasons.first()
-                    && first.code() == Some("ConditionalCheckFailed")
-                {
-                    return Ok(judged(first.item(), TAKEN, step.as_str()));
-                }
-                let conflict = reasons
-                    .iter()
-                    .any(|r| r.code() == Some("TransactionConflict"));
-                if conflict && attempt < CONFLICT_ATTEMPTS {
-                    tokio::time::sleep(super::backoff(attempt)).await;
-                    continue;
-                }
-            }
-            return Err(StoreError::Retryable(
-                anyhow::Error::new(err).context("recording a dunning step"),
-            ));
-        }
+        let written = self
+            .store
+            .transact_guarded(ops, CONFLICT_ATTEMPTS, "recording a dunning step")
+            .await?;
+        Ok(match written {
+            Guarded::Written => Recorded::Taken,
+            Guarded::FirstRefused(old) => judged(old.as_ref(), TAKEN, step.as_str()),
+        })
     }
 
     async fn record_card(&self, case: &CaseRecord, card: &str) -> Result<Recorded, StoreError> {

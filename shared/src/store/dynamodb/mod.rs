@@ -66,6 +66,13 @@ pub struct DynamoDbBillingStore {
     table: String,
 }
 
+/// How a guarded transaction ended (`transact_guarded`).
+enum Guarded {
+    Written,
+    /// The first operation's condition failed: nothing was written.
+    FirstRefused(Option<Item>),
+}
+
 fn backoff(attempt: u32) -> Duration {
     // 25 ms, 50 ms, 100 ms, ... with full jitter, so retries of concurrent invocations spread out.
     let ceiling = 25u64 << attempt.min(6);
@@ -308,6 +315,51 @@ impl DynamoDbBillingStore {
                 credits::refund(account, grant_id, *amount_refunded, &ledger, created)
             }
         })
+    }
+
+    /// Writes `ops` in one transaction whose first operation carries the deciding condition,
+    /// retrying DynamoDB's transaction conflicts up to `attempts` times. That condition failing
+    /// is an answer (with the item as it is, where the operation asks for it); anything else
+    /// is an error to retry later.
+    async fn transact_guarded(
+        &self,
+        ops: Vec<(Option<usize>, Op)>,
+        attempts: u32,
+        what: &'static str,
+    ) -> Result<Guarded, StoreError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let items = self.transact_items(ops.clone())?;
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items))
+                .send()
+                .await;
+            let err = match result {
+                Ok(_) => return Ok(Guarded::Written),
+                Err(err) => err,
+            };
+            if let SdkError::ServiceError(se) = &err
+                && let TransactWriteItemsError::TransactionCanceledException(cancel) = se.err()
+            {
+                let reasons = cancel.cancellation_reasons();
+                if let Some(first) = reasons.first()
+                    && first.code() == Some("ConditionalCheckFailed")
+                {
+                    return Ok(Guarded::FirstRefused(first.item().cloned()));
+                }
+                let conflict = reasons
+                    .iter()
+                    .any(|r| r.code() == Some("TransactionConflict"));
+                if conflict && attempt < attempts {
+                    tokio::time::sleep(backoff(attempt)).await;
+                    continue;
+                }
+            }
+            return Err(StoreError::Retryable(anyhow::Error::new(err).context(what)));
+        }
     }
 
     fn transact_items(

@@ -2,13 +2,11 @@
 //! usage function's commits watch) and its claims (`TOPUP#{account}#{seq}` / `TOPUP`, inserted
 //! by the usage commit that claims; the table's stream brings them to the top-up function).
 
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::AttributeValue;
 
-use super::DynamoDbBillingStore;
 use super::item::{Expr, Item, Judge, Op, account_key, key, n, s};
 use super::usage::outbox_op;
+use super::{DynamoDbBillingStore, Guarded};
 use crate::ids::AccountId;
 use crate::store::StoreError;
 use crate::store::topup::{ClaimStatus, Settled, TopupStore};
@@ -91,40 +89,14 @@ impl DynamoDbTopupStore {
         if let Some(note) = notification {
             ops.push((Some(2), outbox_op(account, note, crate::clock::unix_now())));
         }
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let items = self.store.transact_items(ops.clone())?;
-            let result = self
-                .store
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .send()
-                .await;
-            let err = match result {
-                Ok(_) => return Ok(Settled::Now),
-                Err(err) => err,
-            };
-            if let SdkError::ServiceError(se) = &err
-                && let TransactWriteItemsError::TransactionCanceledException(cancel) = se.err()
-            {
-                let reasons = cancel.cancellation_reasons();
-                if reasons.first().and_then(|r| r.code()) == Some("ConditionalCheckFailed") {
-                    return Ok(Settled::Before);
-                }
-                let conflict = reasons
-                    .iter()
-                    .any(|r| r.code() == Some("TransactionConflict"));
-                if conflict && attempt < CONFLICT_ATTEMPTS {
-                    tokio::time::sleep(super::backoff(attempt)).await;
-                    continue;
-                }
-            }
-            return Err(StoreError::Retryable(
-                anyhow::Error::new(err).context("settling a top-up"),
-            ));
-        }
+        let written = self
+            .store
+            .transact_guarded(ops, CONFLICT_ATTEMPTS, "settling a top-up")
+            .await?;
+        Ok(match written {
+            Guarded::Written => Settled::Now,
+            Guarded::FirstRefused(_) => Settled::Before,
+        })
     }
 }
 
