@@ -264,26 +264,38 @@ fn checkout(s: &CheckoutSession, catalog: &Catalog) -> Result<(AccountRef, Vec<W
         && s.payment_status == "paid"
         && let Some(pack_id) = s.metadata(CREDIT_PACK_METADATA_KEY)
     {
-        let pack = catalog
-            .credit_pack(pack_id)
-            .ok_or_else(|| PlanError::UnknownCreditPack(pack_id.to_owned()))?;
-        let amount_paid = check_payment(
-            &pack.id,
-            pack.amount,
-            &catalog.currency,
+        // The payment intent is what a refund names; a paid session always has one.
+        let grant_id = s.payment_intent_id().unwrap_or(&s.id);
+        writes.push(grant_pack(
+            catalog,
+            pack_id,
+            grant_id,
             s.amount_total,
             s.currency.as_deref(),
-        )?;
-        writes.push(Write::GrantCredits {
-            // The payment intent is what a refund names; a paid session always has one.
-            grant_id: s.payment_intent_id().unwrap_or(&s.id).to_owned(),
-            pack_id: pack.id.clone(),
-            credits: pack.credits,
-            amount_paid,
-            refunded_before: None,
-        });
+        )?);
     }
     Ok((account, writes))
+}
+
+/// The grant of a paid credit pack, once its payment is checked against the pack's price.
+fn grant_pack(
+    catalog: &Catalog,
+    pack_id: &str,
+    grant_id: &str,
+    amount: Option<i64>,
+    currency: Option<&str>,
+) -> Result<Write, PlanError> {
+    let pack = catalog
+        .credit_pack(pack_id)
+        .ok_or_else(|| PlanError::UnknownCreditPack(pack_id.to_owned()))?;
+    let amount_paid = check_payment(&pack.id, pack.amount, &catalog.currency, amount, currency)?;
+    Ok(Write::GrantCredits {
+        grant_id: grant_id.to_owned(),
+        pack_id: pack.id.clone(),
+        credits: pack.credits,
+        amount_paid,
+        refunded_before: None,
+    })
 }
 
 /// An auto top-up's payment grants its pack, like a Checkout purchase, and ends its claim.
@@ -300,27 +312,14 @@ fn topup_payment(
         .parse::<u64>()
         .map_err(|_| PlanError::InvalidTopup(seq.chars().take(40).collect()))?;
     let pack_id = p.metadata(CREDIT_PACK_METADATA_KEY).unwrap_or_default();
-    let pack = catalog
-        .credit_pack(pack_id)
-        .ok_or_else(|| PlanError::UnknownCreditPack(pack_id.to_owned()))?;
-    let amount_paid = check_payment(
-        &pack.id,
-        pack.amount,
-        &catalog.currency,
+    let grant = grant_pack(
+        catalog,
+        pack_id,
+        &p.id,
         Some(p.amount_received),
         Some(&p.currency),
     )?;
-    let writes = vec![
-        Write::GrantCredits {
-            grant_id: p.id.clone(),
-            pack_id: pack.id.clone(),
-            credits: pack.credits,
-            amount_paid,
-            refunded_before: None,
-        },
-        Write::EndTopupClaim { seq },
-    ];
-    Ok((account, writes))
+    Ok((account, vec![grant, Write::EndTopupClaim { seq }]))
 }
 
 fn subscription(
