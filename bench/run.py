@@ -384,6 +384,7 @@ def cold_start() -> None:
         metering_rows = metering_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
         dunning_rows = dunning_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
         checkout_rows = checkout_figures(env_of, proxy)
+        topup_rows = topup_figures(env_of, proxy, endpoints.dynamodb, tpl.table_name("BillingTable"))
 
     for binary, runs in results.items():
         wall = statistics.median(r["wall"] for r in runs)
@@ -424,7 +425,7 @@ def cold_start() -> None:
         ratio = warm["python"] / warm["rust"]
         row("whole-handler CPU ratio Python / Rust", f"{ratio:.1f}×", "≥ 10×", ratio >= 10)
         row("webhook TCP connections opened per event", f"{warm['rust_connects']:.2f}", "0 (kept alive)", warm["rust_connects"] < 0.05)
-    for r in usage_rows + metering_rows + dunning_rows + checkout_rows:
+    for r in usage_rows + metering_rows + dunning_rows + checkout_rows + topup_rows:
         row(*r)
 
 
@@ -746,6 +747,50 @@ def checkout_figures(env_of, proxy: "CountingProxies") -> list[tuple]:
         customers = [o for o in sim.objects.values() if o.get("object") == "customer"]
         rows.append(("  Stripe objects after the retry: sessions, customers", f"{len(sessions)}, {len(customers)}",
                      "1, 1 (idempotent)", len(sessions) == 1 and len(customers) == 1))
+    finally:
+        server.shutdown()
+    return rows
+
+
+def topup_figures(env_of, proxy: "CountingProxies", dynamodb_url: str, table: str) -> list[tuple]:
+    """One claimed auto top-up paid by the top-up function against the Stripe simulator, then
+    the same stream record delivered again: DynamoDB and Stripe calls, and payments taken."""
+    import boto3
+
+    from stripe_sim import load_prices, serve
+    from with_aws import free_port
+
+    port = free_port()
+    sim, server = serve(port, "http://127.0.0.1:9/unused", ["whsec_local"], load_prices())
+    sim.delivery["paused"] = True
+    ddb = boto3.client("dynamodb", endpoint_url=dynamodb_url, region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    account = "acct_bench_topup"
+    rows = []
+    try:
+        customer = sim.create_customer({"email": f"{account}@example.com"})["id"]
+        card = sim.new_card()
+        event = json.loads((ROOT / "events" / "topup.json").read_bytes())
+        event["Records"] = event["Records"][:1]
+        image = event["Records"][0]["dynamodb"]["NewImage"]
+        image.update(pk={"S": f"TOPUP#{account}#1"}, account_id={"S": account}, customer={"S": customer},
+                     card={"S": card})
+        # The claim as the usage function wrote it.
+        ddb.put_item(TableName=table, Item=image)
+        env = {**env_of("TopupFunction"), "STRIPE_API_BASE": f"http://127.0.0.1:{port}"}
+        for label in ("a claim", "the same record delivered again"):
+            proxy.dynamodb.take_ops()
+            sim.api_calls.clear()
+            r = start_once(ROOT / "target" / "release" / "topup", env, json.dumps(event).encode(),
+                           proxy.aws.url, proxy.dynamodb.url, proxy)
+            assert r["response"] == {"batchItemFailures": []}, f"{r['response']}\n{log_of(r)}"
+            ops = proxy.dynamodb.take_ops()
+            stripe_calls = sum(sim.api_calls.values())
+            rows.append((f"top-up DynamoDB calls, {label}", ", ".join(f"{k} {v}" for k, v in sorted(ops.items())),
+                         "1 write", sum(ops.values()) == 1))
+            rows.append((f"top-up Stripe calls, {label}", str(stripe_calls), "2 (create, confirm)", stripe_calls == 2))
+        paid = [o for o in sim.objects.values() if o.get("object") == "payment_intent" and o["status"] == "succeeded"]
+        rows.append(("  payments Stripe took for the claim", str(len(paid)), "1 (idempotent)", len(paid) == 1))
     finally:
         server.shutdown()
     return rows

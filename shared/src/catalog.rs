@@ -652,6 +652,40 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The order in which Stripe lists a subscription's items never changes what it is:
+        /// the same plan and allowance, or a refusal, for any permutation.
+        #[test]
+        fn a_subscriptions_terms_do_not_depend_on_the_order_of_its_items(
+            picks in proptest::collection::vec(0usize..6, 1..5),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let c = Catalog::embedded().unwrap();
+            let pool = [
+                listed("price_enterprise_monthly"),
+                listed("price_enterprise_overage_volume"),
+                listed("price_pro_monthly"),
+                deal("price_a", "enterprise", "7000"),
+                deal("price_b", "enterprise", "9000"),
+                listed("price_unknown"),
+            ];
+            let items: Vec<PricedItem<'_>> = picks.iter().map(|&i| pool[i]).collect();
+            let mut shuffled = items.clone();
+            // A deterministic shuffle from the seed (Fisher-Yates with an LCG).
+            let mut state = seed;
+            for i in (1..shuffled.len()).rev() {
+                state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                shuffled.swap(i, (state >> 33) as usize % (i + 1));
+            }
+            let terms = |items: &[PricedItem<'_>]| {
+                c.plan_for_items(items.iter().copied())
+                    .map(|s| s.map(|s| (s.plan.id.clone(), s.included_units, s.deal)))
+                    .map_err(|_| ())
+            };
+            proptest::prop_assert_eq!(terms(&items), terms(&shuffled));
+        }
+    }
+
     #[test]
     fn the_rate_card_version_follows_the_weights_only() {
         let c = Catalog::embedded().unwrap();
