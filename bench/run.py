@@ -881,8 +881,8 @@ def usage_load() -> None:
         contended = []
 
         def invoke(payload: dict) -> tuple[dict, float]:
-            """One call as an app makes it: a ContentionError is retried with the same request id
-            (which the function makes safe); the latency is the whole call's."""
+            """One call as an app makes it: a ContentionError or RetryableError is retried with the
+            same request id (which the function makes safe); the latency is the whole call's."""
             t0 = time.perf_counter()
             for _ in range(10):
                 req = urllib.request.Request(invoke_url, data=json.dumps(payload).encode(), method="POST")
@@ -891,7 +891,8 @@ def usage_load() -> None:
                     failed = r.headers.get("X-Amz-Function-Error")
                 if not failed:
                     return body, time.perf_counter() - t0
-                if body.get("errorType") != "ContentionError":
+                # Both are answers to retry with the same request id, as an app does.
+                if body.get("errorType") not in ("ContentionError", "RetryableError"):
                     raise SystemExit(f"usage invocation failed: {body}")
                 contended.append(payload["account_id"])
             raise SystemExit(f"usage invocation kept failing: {body}")
@@ -923,7 +924,8 @@ def usage_load() -> None:
             lost_or_doubled + doubled == 0)
         row("load: invoke path p50 / p99 (local stack, DynamoDB Local)", f"{pct(0.5):.1f} / {pct(0.99):.1f} ms", "(measured)", None)
         hot = sum(1 for a in contended if a == "acct_load_hot")
-        row("load: calls answered ContentionError and retried (hot account)", f"{len(contended)} ({hot})", "(measured)", None)
+        row("load: calls answered Contention/RetryableError and retried (hot account)", f"{len(contended)} ({hot})",
+            "(measured)", None)
     finally:
         subprocess.run([*stack, "down"], env=env, check=True, timeout=120, stdout=subprocess.DEVNULL)
 

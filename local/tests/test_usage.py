@@ -9,13 +9,14 @@ from conftest import http
 
 
 def invoke(env, payload: dict) -> tuple[dict, str | None]:
-    """One call as an app makes it: a ContentionError is retried with the same request id."""
+    """One call as an app makes it: a ContentionError or RetryableError (the table slow to answer
+    before the deadline) is retried with the same request id."""
     url = f"{env['LOCAL_LAMBDA_ENDPOINT']}/2015-03-31/functions/UsageFunction/invocations"
     while True:
         status, body, headers = http_with_headers(url, json.dumps(payload).encode())
         assert status == 200, body
         error = headers.get("x-amz-function-error")
-        if not (error and body.get("errorType") == "ContentionError"):
+        if not (error and body.get("errorType") in ("ContentionError", "RetryableError")):
             return body, error
 
 

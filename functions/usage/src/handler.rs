@@ -26,6 +26,27 @@ use tracing::{debug, error, info, instrument, warn};
 
 /// A write stops deciding again this long before the invocation's deadline, to answer in time.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(500);
+/// A table call still unanswered this close to the deadline is given up, so that the function
+/// answers instead of being timed out (which would also cost the instance its warm state).
+const ANSWER_MARGIN: Duration = Duration::from_millis(150);
+
+/// `call`, unless the invocation's deadline comes first: then a retryable error. A commit given
+/// up may still have been applied; a retry with the same request id is then a duplicate that
+/// answers as the first did, so retrying is safe either way.
+async fn before_deadline<T>(
+    call: impl std::future::Future<Output = Result<T, StoreError>>,
+    deadline: Instant,
+) -> Result<T, StoreError> {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .saturating_sub(ANSWER_MARGIN);
+    match tokio::time::timeout(left, call).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Retryable(anyhow::anyhow!(
+            "the table did not answer before the invocation's deadline; retry with the same request id"
+        ))),
+    }
+}
 /// The deadline of a call made without one (tests, tools).
 const DEFAULT_BUDGET: Duration = Duration::from_secs(30);
 /// Accounts remembered per instance; beyond it the memory starts over.
@@ -272,23 +293,21 @@ impl<S: UsageStore> UsageHandler<S> {
                 Decided::Answer(answer) if fresh => return Ok(answer),
                 Decided::Answer(_) => {
                     // Refuse only from the account as it is now.
-                    state = self.store.load(account).await?;
+                    state = before_deadline(self.store.load(account), deadline).await?;
                     fresh = true;
                     self.remember(account, state.clone());
                     continue;
                 }
             };
             let sent = Instant::now();
-            let committed = self
-                .store
-                .commit(
-                    account,
-                    &state.version,
-                    &decision.ledger,
-                    &decision.change,
-                    &decision.notifications,
-                )
-                .await?;
+            let commit = self.store.commit(
+                account,
+                &state.version,
+                &decision.ledger,
+                &decision.change,
+                &decision.notifications,
+            );
+            let committed = before_deadline(commit, deadline).await?;
             round_trip = sent.elapsed();
             match committed {
                 Committed::Done(version) => {

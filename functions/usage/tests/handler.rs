@@ -410,3 +410,67 @@ async fn another_accounts_reservation_is_not_found() {
         "held"
     );
 }
+
+/// A table that takes its time: every commit waits `delay` before the memory store answers.
+struct SlowStore {
+    inner: InMemoryUsageStore,
+    delay: std::time::Duration,
+}
+
+impl UsageStore for SlowStore {
+    type Version = u64;
+
+    fn never_written(&self) -> shared::store::usage::UsageAccount<u64> {
+        self.inner.never_written()
+    }
+
+    async fn load(
+        &self,
+        account: &AccountId,
+    ) -> Result<shared::store::usage::UsageAccount<u64>, shared::store::StoreError> {
+        self.inner.load(account).await
+    }
+
+    async fn commit(
+        &self,
+        account: &AccountId,
+        expected: &u64,
+        ledger: &shared::usage::ledger::Ledger,
+        change: &shared::store::usage::UsageChange,
+        notifications: &[shared::store::usage::Notification],
+    ) -> Result<shared::store::usage::Committed<u64>, shared::store::StoreError> {
+        tokio::time::sleep(self.delay).await;
+        self.inner
+            .commit(account, expected, ledger, change, notifications)
+            .await
+    }
+
+    async fn totals(
+        &self,
+        account: &AccountId,
+    ) -> Result<Vec<shared::store::usage::ModelTotals>, shared::store::StoreError> {
+        self.inner.totals(account).await
+    }
+}
+
+/// A commit the table has not answered when the invocation's deadline nears is given up with
+/// a retryable error, so the function answers instead of being timed out; the retry with the
+/// same request id is then recorded once.
+#[tokio::test(start_paused = true)]
+async fn a_table_too_slow_for_the_deadline_gives_a_retryable_answer_in_time() {
+    let slow = SlowStore {
+        inner: InMemoryUsageStore::default(),
+        delay: std::time::Duration::from_secs(60),
+    };
+    let h = UsageHandler::new(slow, Catalog::embedded().unwrap());
+    let started = tokio::time::Instant::now();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let err = h
+        .handle_before(&track("acct_slow", "r1", 10, 0), NOW, deadline)
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_type(), "RetryableError");
+    assert!(err.to_string().contains("same request id"), "{err}");
+    // Answered before the deadline, on the paused clock: nothing waited the full minute.
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
