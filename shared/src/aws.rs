@@ -8,6 +8,13 @@ use std::time::Duration;
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
 use aws_config::{BehaviorVersion, SdkConfig, timeout::TimeoutConfig};
 
+pub mod credentials;
+pub mod json_rpc;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(6);
+
 /// Loads the shared SDK configuration with timeouts that fit inside a Lambda invocation:
 /// a call that cannot complete fails fast enough for the function to answer (and for Stripe to retry).
 ///
@@ -25,9 +32,9 @@ pub async fn sdk_config() -> SdkConfig {
     loader
         .timeout_config(
             TimeoutConfig::builder()
-                .connect_timeout(Duration::from_secs(1))
-                .operation_attempt_timeout(Duration::from_secs(2))
-                .operation_timeout(Duration::from_secs(6))
+                .connect_timeout(CONNECT_TIMEOUT)
+                .operation_attempt_timeout(ATTEMPT_TIMEOUT)
+                .operation_timeout(OPERATION_TIMEOUT)
                 .build(),
         )
         .load()

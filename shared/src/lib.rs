@@ -8,7 +8,8 @@
 //! - [`metering`]: overage to Stripe's meter exactly once: claim, then send (pure, no I/O).
 //! - [`notifications`]: outbox entries as events and emails (pure, no I/O).
 //! - [`queue`]: the event queue port and its SQS / in-memory adapters.
-//! - [`config`], [`secrets`], [`aws`], [`telemetry`]: what a function does once, at cold start.
+//! - [`aws`]: SDK configuration, and the one signed call the webhook makes without the SDK.
+//! - [`config`], [`secrets`], [`telemetry`]: what a function does once, at cold start.
 
 pub mod aws;
 pub mod billing;

@@ -10,16 +10,17 @@
 use std::future::Future;
 use std::sync::Mutex;
 
-use anyhow::Context;
-use aws_sdk_sqs::types::MessageAttributeValue;
-
 use crate::ids::{StripeEventId, StripeObjectId};
+
+mod sqs;
+
+pub use sqs::SqsEventQueue;
 
 /// SQS's default (and moto's) limit on a message, attributes included.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 256 * 1024;
 
 /// Room kept for the message attributes; ids and event types are bounded well below it.
-const ATTRIBUTE_ALLOWANCE: usize = 1024;
+pub(crate) const ATTRIBUTE_ALLOWANCE: usize = 1024;
 
 pub const ATTR_EVENT_ID: &str = "stripe_event_id";
 pub const ATTR_EVENT_TYPE: &str = "stripe_event_type";
@@ -72,15 +73,16 @@ impl QueuedEvent {
     }
 
     /// The message body: the event itself, or a minimal event naming the one to fetch.
-    pub fn body(&self) -> String {
+    pub fn body(&self) -> std::borrow::Cow<'_, str> {
         match &self.payload {
-            EventPayload::Inline(raw) => raw.clone(),
+            EventPayload::Inline(raw) => raw.into(),
             EventPayload::Reference => serde_json::json!({
                 "id": self.event_id.as_str(),
                 "object": "event",
                 "type": self.event_type,
             })
-            .to_string(),
+            .to_string()
+            .into(),
         }
     }
 }
@@ -91,59 +93,6 @@ pub trait EventQueue {
     fn max_inline_body_bytes(&self) -> usize;
 
     fn enqueue(&self, event: &QueuedEvent) -> impl Future<Output = anyhow::Result<()>> + Send;
-}
-
-/// The SQS FIFO queue.
-#[derive(Debug, Clone)]
-pub struct SqsEventQueue {
-    client: aws_sdk_sqs::Client,
-    queue_url: String,
-    max_message_bytes: usize,
-}
-
-impl SqsEventQueue {
-    pub fn new(
-        client: aws_sdk_sqs::Client,
-        queue_url: impl Into<String>,
-        max_message_bytes: usize,
-    ) -> Self {
-        Self {
-            client,
-            queue_url: queue_url.into(),
-            max_message_bytes,
-        }
-    }
-}
-
-fn string_attribute(value: &str) -> anyhow::Result<MessageAttributeValue> {
-    MessageAttributeValue::builder()
-        .data_type("String")
-        .string_value(value)
-        .build()
-        .context("building an SQS message attribute")
-}
-
-impl EventQueue for SqsEventQueue {
-    fn max_inline_body_bytes(&self) -> usize {
-        self.max_message_bytes.saturating_sub(ATTRIBUTE_ALLOWANCE)
-    }
-
-    async fn enqueue(&self, event: &QueuedEvent) -> anyhow::Result<()> {
-        self.client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_group_id(event.group.as_str())
-            // FIFO deduplication: Stripe's redeliveries of one event collapse into one message.
-            .message_deduplication_id(event.event_id.as_str())
-            .message_body(event.body())
-            .message_attributes(ATTR_EVENT_ID, string_attribute(event.event_id.as_str())?)
-            .message_attributes(ATTR_EVENT_TYPE, string_attribute(&event.event_type)?)
-            .message_attributes(ATTR_PAYLOAD, string_attribute(event.payload.kind())?)
-            .send()
-            .await
-            .with_context(|| format!("sending event {} to SQS", event.event_id))?;
-        Ok(())
-    }
 }
 
 /// An in-process queue for handler tests: every message sent (with the deduplication id SQS

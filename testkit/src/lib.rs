@@ -252,3 +252,88 @@ pub async fn put_account(
         .await
         .expect("putting an account item");
 }
+
+/// A TCP proxy in front of an HTTP endpoint that counts the requests passing through it: round
+/// trips, counted exactly, whatever client makes them.
+pub struct CountingProxy {
+    url: String,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingProxy {
+    /// Starts forwarding to `upstream` (`http://host:port`) on a free local port.
+    pub async fn start(upstream: &str) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the counting proxy");
+        let url = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&requests);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    if let Ok(server) = tokio::net::TcpStream::connect(&upstream).await {
+                        forward(client, server, counter).await;
+                    }
+                });
+            }
+        });
+        Self { url, requests }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Copies both ways; counts request lines (`… HTTP/1.1\r\n` at the start of a request) in the
+/// client's stream. A JSON body cannot hold a raw CR LF, so only request lines match.
+async fn forward(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MARK: &[u8] = b" HTTP/1.1\r\n";
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        // The end of the previous read, so a mark split across two reads is still seen once.
+        let mut carry: Vec<u8> = Vec::new();
+        loop {
+            let n = match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut window = std::mem::take(&mut carry);
+            window.extend_from_slice(&buf[..n]);
+            let found = window.windows(MARK.len()).filter(|w| *w == MARK).count();
+            requests.fetch_add(found, std::sync::atomic::Ordering::SeqCst);
+            carry = window[window.len().saturating_sub(MARK.len() - 1)..].to_vec();
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                break;
+            }
+        }
+        let _ = server_write.shutdown().await;
+    };
+    let downstream = async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+    };
+    tokio::join!(upstream, downstream);
+}

@@ -1,16 +1,13 @@
-//! The webhook against a real SQS FIFO queue (the local AWS endpoint, through the real SDK).
+//! The webhook against a real SQS FIFO queue on the local AWS endpoint: the webhook's own signed
+//! `SendMessage`, read back through the SDK.
 //!
 //! `make test` starts the endpoint and sets `LOCAL_AWS_ENDPOINT`; each test makes its own queue.
 
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_sdk_sqs::config::interceptors::BeforeTransmitInterceptorContextRef;
-use aws_sdk_sqs::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_sqs::error::BoxError;
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use shared::queue::{
     ATTR_EVENT_ID, ATTR_EVENT_TYPE, ATTR_PAYLOAD, DEFAULT_MAX_MESSAGE_BYTES, SqsEventQueue,
@@ -66,8 +63,18 @@ async fn drain(client: &aws_sdk_sqs::Client, url: &str) -> Vec<aws_sdk_sqs::type
     }
 }
 
+async fn queue_at(endpoint: &str, url: &str, max_message_bytes: usize) -> SqsEventQueue {
+    SqsEventQueue::from_config(
+        &testkit::sdk_config_for(endpoint).await,
+        url,
+        max_message_bytes,
+    )
+    .await
+    .expect("queue")
+}
+
 async fn handler_for(url: &str) -> WebhookHandler<SqsEventQueue> {
-    let queue = SqsEventQueue::new(sqs(&endpoint()).await, url, DEFAULT_MAX_MESSAGE_BYTES);
+    let queue = queue_at(&endpoint(), url, DEFAULT_MAX_MESSAGE_BYTES).await;
     WebhookHandler::new(verifier(), queue, false)
 }
 
@@ -172,11 +179,7 @@ async fn an_event_too_large_for_a_message_is_queued_by_reference() {
     let client = sqs(&endpoint()).await;
     let url = fifo_queue(&client, "reference").await;
     // A queue whose messages hold 2 KiB: the 5 KB sample cannot travel inline.
-    let h = WebhookHandler::new(
-        verifier(),
-        SqsEventQueue::new(client.clone(), &url, 2048),
-        false,
-    );
+    let h = WebhookHandler::new(verifier(), queue_at(&endpoint(), &url, 2048).await, false);
     assert_eq!(h.handle(&sample(), T).await.status_code, 200);
 
     let messages = drain(&client, &url).await;
@@ -191,84 +194,51 @@ async fn an_event_too_large_for_a_message_is_queued_by_reference() {
     assert_eq!(body["type"], "checkout.session.completed");
 }
 
-/// Counts the HTTP requests an SDK client sends: round trips, exactly.
-#[derive(Debug, Clone, Default)]
-struct CountRequests(Arc<AtomicUsize>);
-
-impl Intercept for CountRequests {
-    fn name(&self) -> &'static str {
-        "CountRequests"
-    }
-
-    fn read_before_transmit(
-        &self,
-        _context: &BeforeTransmitInterceptorContextRef<'_>,
-        _components: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn exactly_one_sqs_round_trip_per_accepted_event_and_none_per_refusal() {
     let plain = sqs(&endpoint()).await;
     let url = fifo_queue(&plain, "round-trips").await;
-    let counter = CountRequests::default();
-    let config = aws_sdk_sqs::config::Builder::from(&testkit::aws_config().await)
-        .interceptor(counter.clone())
-        .build();
+    let proxy = testkit::CountingProxy::start(&endpoint()).await;
     let h = WebhookHandler::new(
         verifier(),
-        SqsEventQueue::new(
-            aws_sdk_sqs::Client::from_conf(config),
-            &url,
-            DEFAULT_MAX_MESSAGE_BYTES,
-        ),
+        queue_at(proxy.url(), &url, DEFAULT_MAX_MESSAGE_BYTES).await,
         false,
     );
-    let sent = || counter.0.load(Ordering::SeqCst);
 
     assert_eq!(h.handle(&sample(), T).await.status_code, 200);
-    assert_eq!(sent(), 1);
+    assert_eq!(proxy.requests(), 1);
     assert_eq!(h.handle(&sample(), T).await.status_code, 200);
     assert_eq!(
-        sent(),
+        proxy.requests(),
         2,
         "a redelivery is one more call, collapsed by the queue"
     );
     assert_eq!(h.handle(&sample(), T + 301).await.status_code, 400);
-    assert_eq!(sent(), 2, "a refused delivery makes no call");
+    assert_eq!(proxy.requests(), 2, "a refused delivery makes no call");
+    assert_eq!(drain(&plain, &url).await.len(), 1);
 }
 
 #[tokio::test]
 async fn an_unreachable_queue_answers_500() {
     // Nothing listens on port 9 (discard) here: the connection is refused at once.
-    let client = sqs("http://127.0.0.1:9").await;
-    let h = WebhookHandler::new(
-        verifier(),
-        SqsEventQueue::new(
-            client,
-            "http://127.0.0.1:9/000000000000/gone.fifo",
-            DEFAULT_MAX_MESSAGE_BYTES,
-        ),
-        false,
-    );
+    let queue = queue_at(
+        "http://127.0.0.1:9",
+        "http://127.0.0.1:9/000000000000/gone.fifo",
+        DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await;
+    let h = WebhookHandler::new(verifier(), queue, false);
     assert_eq!(h.handle(&sample(), T).await.status_code, 500);
 }
 
 #[tokio::test]
 async fn a_missing_queue_answers_500() {
-    let client = sqs(&endpoint()).await;
-    let h = WebhookHandler::new(
-        verifier(),
-        SqsEventQueue::new(
-            client,
-            format!("{}/000000000000/does-not-exist.fifo", endpoint()),
-            DEFAULT_MAX_MESSAGE_BYTES,
-        ),
-        false,
-    );
+    let queue = queue_at(
+        &endpoint(),
+        &format!("{}/000000000000/does-not-exist.fifo", endpoint()),
+        DEFAULT_MAX_MESSAGE_BYTES,
+    )
+    .await;
+    let h = WebhookHandler::new(verifier(), queue, false);
     assert_eq!(h.handle(&sample(), T).await.status_code, 500);
 }

@@ -27,11 +27,12 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let stripe = RealStripe::new(&api_key, std::env::var("STRIPE_API_BASE").ok().as_deref())?;
-    let queue = SqsEventQueue::new(
-        aws_sdk_sqs::Client::new(&aws),
+    let queue = SqsEventQueue::from_config(
+        &aws,
         required(&ProcessEnv, "EVENTS_QUEUE_URL")?,
         DEFAULT_MAX_MESSAGE_BYTES,
-    );
+    )
+    .await?;
     let report = tools::replay(&stripe, &queue, since).await?;
     println!(
         "listed {} events since {since}; queued {}, skipped {}",
