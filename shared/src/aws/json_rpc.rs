@@ -169,30 +169,32 @@ impl AwsJsonClient {
     /// Calls `operation` with a JSON `body`; the answer's body on a 2xx.
     pub async fn call(&self, operation: &str, body: Bytes) -> Result<Bytes, CallError> {
         let x_amz_target = format!("{}.{operation}", self.target.target_prefix);
-        let all_attempts = async {
-            let mut attempt = 0;
-            loop {
-                let outcome = tokio::time::timeout(
-                    self.limits.attempt_timeout,
-                    self.attempt(&x_amz_target, body.clone()),
-                )
+        // One timer per attempt, never two: each attempt's limit is cut to what is left of the
+        // call's, and no retry starts that could not finish inside it.
+        let deadline = tokio::time::Instant::now() + self.limits.call_timeout;
+        let mut attempt = 0;
+        loop {
+            let limit = self
+                .limits
+                .attempt_timeout
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let outcome = tokio::time::timeout(limit, self.attempt(&x_amz_target, body.clone()))
                 .await
-                .unwrap_or(Err(CallError::Timeout(self.limits.attempt_timeout)));
-                match outcome {
-                    Err(error)
-                        if error.is_retryable() && attempt + 1 < self.limits.max_attempts =>
-                    {
-                        tracing::debug!(%operation, attempt, error = %error, "retrying an AWS call");
-                        tokio::time::sleep(full_jitter(self.limits.backoff_base, attempt)).await;
-                        attempt += 1;
-                    }
-                    outcome => return outcome,
+                .unwrap_or(Err(CallError::Timeout(limit)));
+            let wait = full_jitter(self.limits.backoff_base, attempt);
+            match outcome {
+                Err(error)
+                    if error.is_retryable()
+                        && attempt + 1 < self.limits.max_attempts
+                        && tokio::time::Instant::now() + wait < deadline =>
+                {
+                    tracing::debug!(%operation, attempt, error = %error, "retrying an AWS call");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
                 }
+                outcome => return outcome,
             }
-        };
-        tokio::time::timeout(self.limits.call_timeout, all_attempts)
-            .await
-            .unwrap_or(Err(CallError::Timeout(self.limits.call_timeout)))
+        }
     }
 
     async fn attempt(&self, x_amz_target: &str, body: Bytes) -> Result<Bytes, CallError> {
@@ -515,6 +517,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(received.lock().unwrap().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_server_is_given_up_within_the_call_limit() {
+        // Accepts connections and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mut client = client(endpoint, None);
+        client.limits.attempt_timeout = Duration::from_secs(2);
+        client.limits.call_timeout = Duration::from_secs(5);
+        let started = tokio::time::Instant::now();
+        let error = client
+            .call("SendMessage", Bytes::from_static(b"{}"))
+            .await
+            .unwrap_err();
+        assert!(matches!(error, CallError::Timeout(_)), "{error:?}");
+        assert!(
+            started.elapsed() <= Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            started.elapsed() >= Duration::from_secs(4),
+            "it retried: {:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]
