@@ -371,7 +371,7 @@ def cold_start() -> None:
         duplicate = start_once(ROOT / "target" / "release" / "processor", env_of("ProcessorFunction"), json.dumps(fresh).encode(), *urls, proxy)
         api = start_once(ROOT / "target" / "release" / "api", env_of("ApiFunction"), (ROOT / "events" / "api.json").read_bytes(), *urls, proxy)
 
-        # Rust and Python alternately, three rounds, medians: the machine's noise moves both.
+        # Rust and Python alternately, five rounds, medians: the machine's noise moves both.
         env = {**env_of("WebhookFunction"), "AWS_ENDPOINT_URL": endpoint, "AWS_ENDPOINT_URL_DYNAMODB": endpoints.dynamodb}
         rounds = {"rust": [], "python": [], "rust_connects": []}
         for _ in range(WARM_ROUNDS):
@@ -435,7 +435,7 @@ def cold_start() -> None:
 
 WARM_EVENTS = 600
 WARM_UP = 60
-WARM_ROUNDS = 3
+WARM_ROUNDS = 5
 
 
 class WarmRuntime:
