@@ -8,8 +8,9 @@ use anyhow::Context;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 
-/// Credentials this close to their expiry are replaced before use (the SDK's default buffer).
-const EXPIRY_BUFFER: Duration = Duration::from_secs(5 * 60);
+/// Credentials this close to their expiry are replaced before use (the SDK's lazy cache uses
+/// 10 s, plus jitter; a call's whole time limit is 6 s).
+const EXPIRY_BUFFER: Duration = Duration::from_secs(10);
 
 /// How long credentials that carry no expiry are kept before the provider is asked again (the
 /// SDK's default for them). Lambda's are of this kind: they are fixed for the instance's life.
@@ -128,11 +129,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dated_credentials_are_replaced_five_minutes_before_they_expire() {
+    async fn dated_credentials_are_replaced_ten_seconds_before_they_expire() {
         let (cache, calls) = cache(Some(at(10_000)));
         assert_eq!(cache.get(at(9_000)).await.unwrap().access_key_id(), "AKID0");
-        assert_eq!(cache.get(at(9_699)).await.unwrap().access_key_id(), "AKID0");
-        assert_eq!(cache.get(at(9_700)).await.unwrap().access_key_id(), "AKID1");
+        assert_eq!(cache.get(at(9_989)).await.unwrap().access_key_id(), "AKID0");
+        assert_eq!(cache.get(at(9_990)).await.unwrap().access_key_id(), "AKID1");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }

@@ -28,6 +28,13 @@ use super::credentials::CachedCredentials;
 use crate::retry::full_jitter;
 
 const CONTENT_TYPE: &str = "application/x-amz-json-1.0";
+
+/// A retry is not started with less time than this left in the call: it could only time out,
+/// and its timeout would hide the error that caused it.
+const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(250);
+/// SQS (a query-compatible service) then names errors with their query-protocol codes too, as
+/// it does for the SDK, which sends this header.
+const QUERY_MODE: &str = "x-amzn-query-mode";
 const USER_AGENT: &str = concat!("billing-backend/", env!("CARGO_PKG_VERSION"));
 
 /// Error codes AWS answers when a call may succeed if made again later (the SDK's list).
@@ -186,7 +193,7 @@ impl AwsJsonClient {
                 Err(error)
                     if error.is_retryable()
                         && attempt + 1 < self.limits.max_attempts
-                        && tokio::time::Instant::now() + wait < deadline =>
+                        && tokio::time::Instant::now() + wait + MIN_ATTEMPT_TIME < deadline =>
                 {
                     tracing::debug!(%operation, attempt, error = %error, "retrying an AWS call");
                     tokio::time::sleep(wait).await;
@@ -209,7 +216,7 @@ impl AwsJsonClient {
         if parts.status.is_success() {
             return Ok(body);
         }
-        Err(service_error(parts.status, &body))
+        Err(service_error(parts.status, &parts.headers, &body))
     }
 
     async fn signed_request(
@@ -229,6 +236,7 @@ impl AwsJsonClient {
         let signed_headers = [
             (header::CONTENT_TYPE.as_str(), CONTENT_TYPE),
             ("x-amz-target", x_amz_target),
+            (QUERY_MODE, "true"),
         ];
         let signable = SignableRequest::new(
             "POST",
@@ -256,6 +264,7 @@ impl AwsJsonClient {
             .header(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))
             .header(header::USER_AGENT, HeaderValue::from_static(USER_AGENT))
             .header("x-amz-target", x_amz_target)
+            .header(QUERY_MODE, HeaderValue::from_static("true"))
             .body(Full::new(body))
             .map_err(|e| CallError::Signing(e.to_string()))?;
         instructions.apply_to_request_http1x(&mut request);
@@ -263,17 +272,28 @@ impl AwsJsonClient {
     }
 }
 
-/// An error answer: `{"__type": "com.amazonaws.sqs#QueueDoesNotExist", "message": ".."}`.
-fn service_error(status: StatusCode, body: &[u8]) -> CallError {
+/// An error answer, read as the SDK reads one: the code from the `x-amzn-errortype` header, else
+/// the body's `code` or `__type`, without its namespace (`com.amazonaws.sqs#`) or suffix (`:…`).
+fn service_error(status: StatusCode, headers: &http::HeaderMap, body: &[u8]) -> CallError {
     #[derive(serde::Deserialize, Default)]
     struct ErrorBody {
         #[serde(rename = "__type", default)]
-        kind: String,
+        kind: Option<String>,
+        #[serde(default)]
+        code: Option<String>,
         #[serde(alias = "Message", default)]
         message: String,
     }
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    let code = parsed.kind.rsplit('#').next().unwrap_or_default();
+    let raw = headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(parsed.code)
+        .or(parsed.kind)
+        .unwrap_or_default();
+    let code = raw.split(':').next().unwrap_or_default();
+    let code = code.rsplit('#').next().unwrap_or_default().trim();
     CallError::Service {
         status: status.as_u16(),
         code: if code.is_empty() {
@@ -583,7 +603,11 @@ mod tests {
     }
 
     fn service(status: u16, body: &str) -> CallError {
-        service_error(StatusCode::from_u16(status).unwrap(), body.as_bytes())
+        service_error(
+            StatusCode::from_u16(status).unwrap(),
+            &http::HeaderMap::new(),
+            body.as_bytes(),
+        )
     }
 
     #[test]
@@ -604,6 +628,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn the_error_type_header_comes_first_and_a_suffix_is_dropped() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("ThrottlingException:http://internal.amazon.com/"),
+        );
+        let error = service_error(
+            StatusCode::BAD_REQUEST,
+            &headers,
+            br#"{"__type":"com.amazonaws.sqs#Other"}"#,
+        );
+        assert!(
+            matches!(&error, CallError::Service { code, .. } if code == "ThrottlingException"),
+            "{error:?}"
+        );
+        assert!(error.is_retryable());
     }
 
     #[test]

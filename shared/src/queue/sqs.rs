@@ -48,11 +48,9 @@ impl SqsEventQueue {
         let credentials = config
             .credentials_provider()
             .context("no AWS credentials provider is configured")?;
-        let endpoint = resolve_endpoint(config, &region).await?;
+        let endpoint = endpoint_uri(&resolve_endpoint(config, &region).await?)?;
         let target = ServiceTarget {
-            endpoint: endpoint
-                .parse()
-                .with_context(|| format!("the SQS endpoint {endpoint:?} is not a URI"))?,
+            endpoint,
             region,
             signing_name: "sqs",
             target_prefix: "AmazonSQS",
@@ -95,6 +93,32 @@ async fn resolve_endpoint(config: &SdkConfig, region: &str) -> anyhow::Result<St
         .await
         .map_err(|e| anyhow::anyhow!("resolving the SQS endpoint: {e}"))?;
     Ok(endpoint.url().to_owned())
+}
+
+/// The endpoint as a request URI, refused at cold start unless it is an absolute http(s) URL
+/// (a bare path or a host without a scheme would fail every call). The operation's path `/` is
+/// joined to the endpoint's own, as the SDK joins them.
+fn endpoint_uri(endpoint: &str) -> anyhow::Result<http::Uri> {
+    let uri: http::Uri = endpoint
+        .parse()
+        .with_context(|| format!("the SQS endpoint {endpoint:?} is not a URL"))?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    if !scheme_ok || uri.host().is_none_or(str::is_empty) {
+        anyhow::bail!("the SQS endpoint {endpoint:?} is not an http(s) URL with a host");
+    }
+    let path = uri.path();
+    let path = if path.ends_with('/') {
+        path.to_owned()
+    } else {
+        format!("{path}/")
+    };
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    format!(
+        "{}://{authority}{path}",
+        uri.scheme_str().unwrap_or("https")
+    )
+    .parse()
+    .with_context(|| format!("the SQS endpoint {endpoint:?} is not a URL"))
 }
 
 /// `SendMessage`'s request, in the JSON protocol's shape.
@@ -194,6 +218,23 @@ mod tests {
                     ATTR_PAYLOAD: attribute("inline"),
                 },
             })
+        );
+    }
+
+    #[test]
+    fn an_endpoint_must_be_an_http_url_with_a_host() {
+        for bad in ["/sqs", "localhost:4566", "ftp://host/", "not a url"] {
+            assert!(endpoint_uri(bad).is_err(), "{bad}");
+        }
+        let ok = |e: &str| endpoint_uri(e).unwrap().to_string();
+        assert_eq!(
+            ok("https://sqs.eu-west-1.amazonaws.com"),
+            "https://sqs.eu-west-1.amazonaws.com/"
+        );
+        assert_eq!(ok("http://127.0.0.1:4566"), "http://127.0.0.1:4566/");
+        assert_eq!(
+            ok("https://proxy.internal/sqs"),
+            "https://proxy.internal/sqs/"
         );
     }
 
