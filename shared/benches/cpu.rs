@@ -61,13 +61,14 @@ impl Measurement for ThreadCpuTime {
 
 fn bench(c: &mut Criterion<ThreadCpuTime>) {
     let secret = SecretString::new("whsec_bench_current");
-    let header = sign(&secret, T, EVENT);
-    let one = WebhookVerifier::new(std::slice::from_ref(&secret), DEFAULT_TOLERANCE_SECS);
+    let header = sign(&secret, T, EVENT).unwrap();
+    let one = WebhookVerifier::new(std::slice::from_ref(&secret), DEFAULT_TOLERANCE_SECS).unwrap();
     // During rotation two secrets are live; the worst case is a match on the last one.
     let rotating = WebhookVerifier::new(
         &[SecretString::new("whsec_bench_previous"), secret.clone()],
         DEFAULT_TOLERANCE_SECS,
-    );
+    )
+    .unwrap();
 
     let mut group = c.benchmark_group("webhook");
     group.throughput(Throughput::Bytes(EVENT.len() as u64));

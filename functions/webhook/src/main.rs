@@ -25,7 +25,7 @@ async fn main() -> Result<(), Error> {
     )
     .await?;
     let handler = WebhookHandler::new(
-        WebhookVerifier::new(&secrets.webhook_secrets, DEFAULT_TOLERANCE_SECS),
+        WebhookVerifier::new(&secrets.webhook_secrets, DEFAULT_TOLERANCE_SECS)?,
         SqsEventQueue::from_config(&aws, config.events_queue_url, config.max_message_bytes).await?,
         config.livemode,
     );

@@ -14,7 +14,7 @@ pub const SECRET: &str = "whsec_local";
 pub const T: i64 = 1_763_942_400;
 
 pub fn verifier() -> WebhookVerifier {
-    WebhookVerifier::new(&[SecretString::new(SECRET)], 300)
+    WebhookVerifier::new(&[SecretString::new(SECRET)], 300).unwrap()
 }
 
 /// The `sam local invoke` sample, as API Gateway delivers it.
@@ -72,7 +72,7 @@ pub fn signed(body: &str) -> ApiGatewayV2httpRequest {
 pub fn signed_at(body: &str, t: i64) -> ApiGatewayV2httpRequest {
     request(
         body,
-        Some(sign(&SecretString::new(SECRET), t, body.as_bytes())),
+        Some(sign(&SecretString::new(SECRET), t, body.as_bytes()).unwrap()),
     )
 }
 
