@@ -4,7 +4,7 @@
 //! The webhook makes one AWS call per event, SQS `SendMessage`. Through the SDK's client that
 //! one call cost more CPU than everything else the handler does (its orchestrator, interceptors,
 //! type-erased configuration and a byte-at-a-time JSON escaper, measured by `make bench`). Here it
-//! is the protocol's few parts: a JSON body, four headers, AWS's own SigV4 signer (`aws-sigv4`,
+//! is the protocol's few parts: a JSON body, a few headers, AWS's own SigV4 signer (`aws-sigv4`,
 //! the crate the SDK signs with) and hyper's pooled client. The SDK still supplies what it is
 //! good at, once, at cold start: region, credentials provider and endpoint resolution.
 //!
@@ -37,7 +37,8 @@ const MIN_ATTEMPT_TIME: Duration = Duration::from_millis(250);
 const QUERY_MODE: &str = "x-amzn-query-mode";
 const USER_AGENT: &str = concat!("billing-backend/", env!("CARGO_PKG_VERSION"));
 
-/// Error codes AWS answers when a call may succeed if made again later (the SDK's list).
+/// Error codes AWS answers when a call may succeed if made again later: the SDK's throttling and
+/// transient codes, and two server-error codes that normally come with a 5xx anyway.
 const RETRYABLE_CODES: &[&str] = &[
     "Throttling",
     "ThrottlingException",
