@@ -47,6 +47,7 @@ async fn before_deadline<T>(
         ))),
     }
 }
+
 /// The deadline of a call made without one (tests, tools).
 const DEFAULT_BUDGET: Duration = Duration::from_secs(30);
 /// Accounts remembered per instance; beyond it the memory starts over.

@@ -100,7 +100,7 @@ pub struct ServiceTarget {
 pub enum CallError {
     #[error("no AWS credentials")]
     Credentials(#[source] anyhow::Error),
-    #[error("the request could not be signed: {0}")]
+    #[error("the request could not be built or signed: {0}")]
     Signing(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),

@@ -32,15 +32,6 @@ impl SqsEventQueue {
         queue_url: impl Into<String>,
         max_message_bytes: usize,
     ) -> anyhow::Result<Self> {
-        Self::with_limits(config, queue_url, max_message_bytes, CallLimits::default()).await
-    }
-
-    pub async fn with_limits(
-        config: &SdkConfig,
-        queue_url: impl Into<String>,
-        max_message_bytes: usize,
-        limits: CallLimits,
-    ) -> anyhow::Result<Self> {
         let region = config
             .region()
             .context("no AWS region is configured (AWS_REGION)")?
@@ -56,7 +47,11 @@ impl SqsEventQueue {
             target_prefix: "AmazonSQS",
         };
         Ok(Self {
-            client: AwsJsonClient::new(target, CachedCredentials::new(credentials), limits)?,
+            client: AwsJsonClient::new(
+                target,
+                CachedCredentials::new(credentials),
+                CallLimits::default(),
+            )?,
             queue_url: queue_url.into(),
             max_message_bytes,
         })
