@@ -110,6 +110,57 @@ def make_handler(app, host: str, port: int):
     return Handler
 
 
+def serialise_sqs_receives() -> None:
+    """Makes moto's FIFO group locking hold under concurrent receivers.
+
+    SQS promises that while a message of a FIFO group is in flight (received, and neither deleted
+    nor visible again), no other message of that group is delivered (Developer Guide, "FIFO queue
+    delivery logic"). moto breaks it two ways. It checks the in-flight groups against a snapshot
+    taken without a lock, so two receivers racing on one queue can each take a message of the
+    same group. And it forgets a message whose visibility ran out only when its receive loop
+    reaches it, so after a failed batch of two (both messages visible again at once) the first
+    is skipped because the second still counts as in flight, and the second is delivered before
+    it. Here each queue's receives, deletes and visibility changes take turns (the long-poll
+    wait happens outside the turn, so senders and other receivers are not held up by it), and
+    every message visible again is forgotten as in flight before a receive looks at groups."""
+    import threading
+    import time
+    from collections import defaultdict
+
+    from moto.sqs.models import SQSBackend
+
+    locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
+    receive, delete, change = SQSBackend.receive_message, SQSBackend.delete_message, SQSBackend.change_message_visibility
+
+    def receive_message(self, queue_name, count, wait_seconds_timeout, visibility_timeout, message_attribute_names=None):
+        deadline = time.monotonic() + float(wait_seconds_timeout or 0)
+        while True:
+            with locks[queue_name]:
+                queue = self.get_queue(queue_name)
+                for message in [m for m in queue.pending_messages if m.visible]:
+                    queue.pending_messages.remove(message)
+                got = receive(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+            left = deadline - time.monotonic()
+            if got or left <= 0:
+                return got
+            # Wakes when a message becomes visible; visible messages of a locked group would
+            # wake it at once, so it also never spins faster than every 50 ms.
+            self.get_queue(queue_name).wait_for_messages(min(left, 1))
+            time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+
+    def delete_message(self, queue_name, receipt_handle):
+        with locks[queue_name]:
+            return delete(self, queue_name, receipt_handle)
+
+    def change_message_visibility(self, queue_name, receipt_handle, visibility_timeout):
+        with locks[queue_name]:
+            return change(self, queue_name, receipt_handle, visibility_timeout)
+
+    SQSBackend.receive_message = receive_message
+    SQSBackend.delete_message = delete_message
+    SQSBackend.change_message_visibility = change_message_visibility
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024
@@ -118,6 +169,7 @@ class Server(ThreadingHTTPServer):
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
     os.environ.setdefault("MOTO_PORT", str(port))
+    serialise_sqs_receives()
     app = DomainDispatcherApplication(create_backend_app)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     Server((host, port), make_handler(app, host, port)).serve_forever()

@@ -100,14 +100,14 @@ class SqsPoller:
     One local departure: a failed message becomes visible again after LOCAL_SQS_RETRY_SECONDS
     (2 s), not after the queue's visibility timeout, so retries take seconds, not minutes."""
 
-    def __init__(self, template: Template, settings: "Settings", worker: FunctionWorker, source, stopping: threading.Event):
+    def __init__(self, sqs, url: str, arn: str, worker: FunctionWorker, source, stopping: threading.Event):
         self.worker = worker
         self.source = source
         self.stopping = stopping
-        self.url = template.queue_url(source.queue)
-        self.arn = template.get_att(source.queue, "Arn")
+        self.url = url
+        self.arn = arn
         self.retry_seconds = int(os.environ.get("LOCAL_SQS_RETRY_SECONDS", "2"))
-        self.sqs = provision_client("sqs", settings.aws_endpoint)
+        self.sqs = sqs
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -276,7 +276,10 @@ class Stack:
                 # own batch: one per sandbox the function may scale to. FIFO keeps a message
                 # group on one batch at a time.
                 for n in range(worker.concurrency):
-                    poller = SqsPoller(self.template, s, worker, source, self.stopping)
+                    poller = SqsPoller(
+                        provision_client("sqs", s.aws_endpoint), self.template.queue_url(source.queue),
+                        self.template.get_att(source.queue, "Arn"), worker, source, self.stopping,
+                    )
                     threading.Thread(target=poller.run, daemon=True, name=f"sqs-{fn.logical_id}-{n}").start()
                 log(f"{fn.logical_id} consumes {self.template.queue_name(source.queue)} "
                     f"(batches of {source.batch_size}, {worker.concurrency} pollers)")
