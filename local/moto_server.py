@@ -21,6 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import iam  # noqa: E402
+
 # SES keeps what it "sent" in memory; this path reads it back (SES itself has no such API).
 SENT_MAIL_PATH = "/_local/ses/messages"
 
@@ -46,7 +49,24 @@ def sent_mail() -> list[dict]:
     return out
 
 
+def secret_arn(secret_id: str) -> str:
+    """The ARN IAM judges a Secrets Manager call against: the secret's, whether the call names it
+    by name or by ARN (an unknown one is judged as the ARN it would have, and then not found)."""
+    from moto.secretsmanager.models import secretsmanager_backends
+
+    from template import ACCOUNT_ID, REGION
+
+    if secret_id.startswith("arn:"):
+        return secret_id
+    try:
+        return secretsmanager_backends[ACCOUNT_ID][REGION].secrets[secret_id].arn
+    except KeyError:
+        return f"arn:aws:secretsmanager:{REGION}:{ACCOUNT_ID}:secret:{secret_id}"
+
+
 def make_handler(app, host: str, port: int):
+    judge = iam.Judge.from_env()
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive: every answer below has a Content-Length
         disable_nagle_algorithm = True  # headers and body go out without waiting for an ACK
@@ -60,6 +80,9 @@ def make_handler(app, host: str, port: int):
             path, _, query = self.path.partition("?")
             if path == SENT_MAIL_PATH and self.command == "GET":
                 return self._reply_json(sent_mail())
+            refused = self._refusal(path, query, body)
+            if refused:
+                return self._reply(*refused)
             environ = {
                 "REQUEST_METHOD": self.command, "SCRIPT_NAME": "", "PATH_INFO": path,
                 "QUERY_STRING": query, "SERVER_NAME": host, "SERVER_PORT": str(port),
@@ -96,6 +119,27 @@ def make_handler(app, host: str, port: int):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(data)
+
+        def _refusal(self, path: str, query: str, body: bytes):
+            """AWS's answer when the caller's role does not allow the call (local/iam.py)."""
+            if not judge.enforcing:
+                return None
+            asked = iam.aws_requests(self.command, path, query, self.headers, body, secret_arn)
+            if asked is None:
+                return None
+            service, requests = asked
+            denial = judge.judge(iam.access_key_of(self.headers), requests)
+            if denial is None:
+                return None
+            return iam.denial_response(service, bool(self.headers.get("X-Amz-Target")), denial)
+
+        def _reply(self, status: int, headers: dict, data: bytes) -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def _reply_json(self, value) -> None:
             data = json.dumps(value).encode()

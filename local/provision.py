@@ -65,13 +65,16 @@ def attr_value(value) -> str:
     return str(value)
 
 
-def client(service: str, endpoint: str):
+def client(service: str, endpoint: str, credentials=None):
+    """A client with the operator's credentials, or with `credentials` (a function's, local/iam.py)."""
+    keys = credentials.env() if credentials else {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
     return boto3.client(
         service,
         endpoint_url=endpoint,
         region_name=REGION,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
+        aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"],
+        aws_session_token=keys.get("AWS_SESSION_TOKEN"),
     )
 
 
@@ -169,8 +172,9 @@ def create_event_buses(tpl: Template, endpoint: str) -> list[str]:
     return names
 
 
-def provision(tpl: Template, aws_endpoint: str, dynamodb_endpoint: str, secret_values: dict[str, str]) -> None:
+def provision(tpl: Template, aws_endpoint: str, dynamodb_endpoint: str, secret_values: dict[str, str]) -> dict[str, str]:
+    """Creates everything; answers each secret's ARN by logical id (what `Ref` of a secret is)."""
     create_queues(tpl, aws_endpoint)
     create_event_buses(tpl, aws_endpoint)
     create_tables(tpl, dynamodb_endpoint)
-    create_secrets(tpl, aws_endpoint, secret_values)
+    return create_secrets(tpl, aws_endpoint, secret_values)

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dynamodb_local  # noqa: E402
 import event_sources  # noqa: E402
+import iam  # noqa: E402
 import processes  # noqa: E402
 import with_aws  # noqa: E402
 import stripe_sim  # noqa: E402
@@ -84,9 +85,36 @@ def log(msg: str) -> None:
 # --- AWS APIs ------------------------------------------------------------------------------------
 
 
+def iam_env(settings: Settings) -> dict[str, str]:
+    """Where the endpoints find the functions' roles and write what they refuse (local/iam.py)."""
+    return {
+        **os.environ,
+        "LOCAL_IAM_PRINCIPALS": str(settings.state / "iam-principals.json"),
+        "LOCAL_IAM_DENIALS": str(settings.state / "logs" / "iam-denials.log"),
+    }
+
+
 def start_moto(settings: Settings) -> subprocess.Popen:
     log = open(settings.state / "logs" / "aws.log", "ab")
-    return with_aws.start_moto(settings.aws_port, log)
+    return with_aws.start_moto(settings.aws_port, log, env=iam_env(settings))
+
+
+def start_dynamodb(settings: Settings) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """DynamoDB Local on a private port, behind the IAM gate on the port the functions know."""
+    log = open(settings.state / "logs" / "dynamodb.log", "ab")
+    private = with_aws.free_port()
+    db = dynamodb_local.start(private, log)
+    gate = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve().parent / "dynamodb_gate.py"), "127.0.0.1",
+         str(settings.dynamodb_port), str(private)],
+        stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=iam_env(settings),
+    )
+    try:
+        dynamodb_local.wait_ready(gate, settings.dynamodb_endpoint)
+    except SystemExit:
+        processes.stop(db)
+        raise
+    return db, gate
 
 
 # --- SQS event source mapping ------------------------------------------------------------------
@@ -97,10 +125,12 @@ class SqsPoller:
     batch failures (`batchItemFailures`), a failed message returning to the queue and, after the
     queue's `maxReceiveCount`, SQS moving it to the dead-letter queue.
 
-    One local departure: a failed message becomes visible again after LOCAL_SQS_RETRY_SECONDS
-    (2 s), not after the queue's visibility timeout, so retries take seconds, not minutes."""
+    It receives and deletes with the function's role, as Lambda's poller does. One local
+    departure: a failed message becomes visible again after LOCAL_SQS_RETRY_SECONDS (2 s), not
+    after the queue's visibility timeout, so retries take seconds, not minutes; Lambda makes no
+    such call, so `retry_sqs` (the operator's client) makes it, outside the function's role."""
 
-    def __init__(self, sqs, url: str, arn: str, worker: FunctionWorker, source, stopping: threading.Event):
+    def __init__(self, sqs, url: str, arn: str, worker: FunctionWorker, source, stopping: threading.Event, retry_sqs=None):
         self.worker = worker
         self.source = source
         self.stopping = stopping
@@ -108,6 +138,7 @@ class SqsPoller:
         self.arn = arn
         self.retry_seconds = int(os.environ.get("LOCAL_SQS_RETRY_SECONDS", "2"))
         self.sqs = sqs
+        self.retry_sqs = retry_sqs or sqs
 
     def run(self) -> None:
         while not self.stopping.is_set():
@@ -152,7 +183,7 @@ class SqsPoller:
             failed = {m["MessageId"] for m in got}
         for m in got:
             if m["MessageId"] in failed:
-                self.sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=self.retry_seconds)
+                self.retry_sqs.change_message_visibility(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"], VisibilityTimeout=self.retry_seconds)
             else:
                 self.sqs.delete_message(QueueUrl=self.url, ReceiptHandle=m["ReceiptHandle"])
 
@@ -234,10 +265,14 @@ class Stack:
         self.servers: list[ThreadingHTTPServer] = []
         self.moto: subprocess.Popen | None = None
         self.dynamodb: subprocess.Popen | None = None
+        self.dynamodb_gate: subprocess.Popen | None = None
+        # Each function's own session, as Lambda hands a function its role's (local/iam.py).
+        self.credentials = {lid: iam.Credentials.new() for lid in self.functions}
         self.stopping = threading.Event()
 
     def function_env(self, logical_id: str) -> dict[str, str]:
         env = lambda_environment(self.functions[logical_id], self.settings.aws_endpoint, self.settings.dynamodb_endpoint)
+        env.update(self.credentials[logical_id].env())
         # Locally, Stripe is the simulator.
         env["STRIPE_API_BASE"] = f"http://127.0.0.1:{self.settings.stripe_port}"
         return env
@@ -249,12 +284,17 @@ class Stack:
         log(f"AWS APIs on {s.aws_endpoint}")
         self.moto = start_moto(s)
         log(f"DynamoDB Local on {s.dynamodb_endpoint}")
-        self.dynamodb = dynamodb_local.start(s.dynamodb_port, open(s.state / "logs" / "dynamodb.log", "ab"))
+        (s.state / "iam-principals.json").unlink(missing_ok=True)
+        self.dynamodb, self.dynamodb_gate = start_dynamodb(s)
         secrets = {
             "StripeApiKeySecret": json.dumps({"api_key": "sk_test_local"}),
             "StripeWebhookSecret": json.dumps({"webhook_secrets": s.webhook_secrets}),
         }
-        provision(self.template, s.aws_endpoint, s.dynamodb_endpoint, secrets)
+        secret_arns = provision(self.template, s.aws_endpoint, s.dynamodb_endpoint, secrets)
+        # From here on every call with a function's credentials is judged against its role.
+        policies = iam.function_policies(self.template.doc, s.aws_endpoint, self.template.parameters, secret_arns)
+        iam.write_principals(s.state / "iam-principals.json", policies, self.credentials)
+        log(f"IAM: each function calls AWS with its own role's policies (refusals in {s.state / 'logs' / 'iam-denials.log'})")
         bus_tap_url = self.tap_event_buses()
         # What verifying the sender in SES is in AWS (README, "Deploy").
         provision_client("sesv2", s.aws_endpoint).create_email_identity(EmailIdentity=LOCAL_PARAMETERS["EmailFromAddress"])
@@ -277,8 +317,10 @@ class Stack:
                 # group on one batch at a time.
                 for n in range(worker.concurrency):
                     poller = SqsPoller(
-                        provision_client("sqs", s.aws_endpoint), self.template.queue_url(source.queue),
+                        provision_client("sqs", s.aws_endpoint, self.credentials[fn.logical_id]),
+                        self.template.queue_url(source.queue),
                         self.template.get_att(source.queue, "Arn"), worker, source, self.stopping,
+                        retry_sqs=provision_client("sqs", s.aws_endpoint),
                     )
                     threading.Thread(target=poller.run, daemon=True, name=f"sqs-{fn.logical_id}-{n}").start()
                 log(f"{fn.logical_id} consumes {self.template.queue_name(source.queue)} "
@@ -345,9 +387,11 @@ class Stack:
                 dlq = self.template.queue_url(source.on_failure_queue) if source.on_failure_queue else None
                 poller = event_sources.StreamPoller(
                     worker, source, table,
+                    # The event source mapping reads the stream and sends to its on-failure
+                    # destination with the function's role; finding the stream is the deploy's.
                     provision_client("dynamodb", s.dynamodb_endpoint),
-                    provision_client("dynamodbstreams", s.dynamodb_endpoint),
-                    provision_client("sqs", s.aws_endpoint),
+                    provision_client("dynamodbstreams", s.dynamodb_endpoint, self.credentials[fn.logical_id]),
+                    provision_client("sqs", s.aws_endpoint, self.credentials[fn.logical_id]),
                     dlq, self.stopping,
                 )
                 threading.Thread(target=poller.run, daemon=True, name=f"stream-{fn.logical_id}").start()
@@ -372,6 +416,7 @@ class Stack:
         for worker in self.workers.values():
             worker.stop()
         processes.stop(self.moto)
+        processes.stop(self.dynamodb_gate)
         processes.stop(self.dynamodb)
         (self.settings.state / "env").unlink(missing_ok=True)
 

@@ -42,13 +42,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_moto(port: int, log) -> subprocess.Popen:
+def start_moto(port: int, log, env: dict | None = None) -> subprocess.Popen:
     # moto's app on a keep-alive server (moto_server.py), as AWS's endpoints keep connections.
     proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve().parent / "moto_server.py"), "127.0.0.1", str(port)],
         stdout=log,
         stderr=log,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -50,6 +50,11 @@ def stack(tmp_path_factory):
     finally:
         subprocess.run([sys.executable, str(STACK), "down"], env=env, check=True, timeout=60, stdout=subprocess.DEVNULL)
         assert not (state / "env").exists()
+        # Every function ran under its deployed role: a refusal a function swallowed or retried
+        # past would still fail its first deploy.
+        denials = state / "logs" / "iam-denials.log"
+        refused = denials.read_text() if denials.exists() else ""
+        assert refused == "", f"calls outside a function's role (template.yaml):\n{refused}"
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, object]:
