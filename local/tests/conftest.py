@@ -12,8 +12,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from template import ROOT  # noqa: E402
-from with_aws import free_port  # noqa: E402
+import dynamodb_local  # noqa: E402
+import iam  # noqa: E402
+from processes import stop  # noqa: E402
+from provision import client, provision  # noqa: E402
+from stack import LOCAL_PARAMETERS  # noqa: E402
+from template import ROOT, Template  # noqa: E402
+from with_aws import free_port, start_moto  # noqa: E402
 
 STACK = ROOT / "local" / "stack.py"
 
@@ -97,3 +102,43 @@ def eventually(check, timeout: float = 20, what: str = "condition"):
             return last
         time.sleep(0.2)
     raise AssertionError(f"{what} not reached in {timeout} s (last: {last!r})")
+
+
+class Endpoints:
+    """moto and DynamoDB Local behind the IAM gate, provisioned from a template, with one set of
+    credentials per function."""
+
+    def __init__(self, doc: dict, state: Path, api_key: str = "sk_test_local"):
+        self.state = state
+        self.principals = state / "principals.json"
+        self.denials = state / "denials.log"
+        env = {**os.environ, "LOCAL_IAM_PRINCIPALS": str(self.principals), "LOCAL_IAM_DENIALS": str(self.denials)}
+        log = open(state / "endpoints.log", "ab")
+        aws_port, db_port, gate_port = free_port(), free_port(), free_port()
+        self.procs = [start_moto(aws_port, log, env=env)]
+        self.procs.append(dynamodb_local.start(db_port, log))
+        self.procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "local" / "dynamodb_gate.py"), "127.0.0.1", str(gate_port), str(db_port)],
+            stdout=log, stderr=log, env=env,
+        ))
+        self.aws, self.dynamodb = f"http://127.0.0.1:{aws_port}", f"http://127.0.0.1:{gate_port}"
+        dynamodb_local.wait_ready(self.procs[-1], self.dynamodb)
+        self.template = Template(doc, self.aws, LOCAL_PARAMETERS)
+        secrets = {"StripeApiKeySecret": json.dumps({"api_key": api_key}),
+                   "StripeWebhookSecret": json.dumps({"webhook_secrets": ["whsec_local"]})}
+        arns = provision(self.template, self.aws, self.dynamodb, secrets)
+        self.secret_arns = arns
+        self.credentials = {f.logical_id: iam.Credentials.new() for f in self.template.functions()}
+        policies = iam.function_policies(doc, self.aws, self.template.parameters, arns)
+        iam.write_principals(self.principals, policies, self.credentials)
+
+    def client(self, service: str, function: str | None):
+        endpoint = self.dynamodb if service == "dynamodb" else self.aws
+        return client(service, endpoint, self.credentials[function] if function else None)
+
+    def refusals(self) -> list[dict]:
+        return [json.loads(line) for line in self.denials.read_text().splitlines()] if self.denials.exists() else []
+
+    def close(self):
+        for p in reversed(self.procs):
+            stop(p)

@@ -6,8 +6,6 @@ through the same SAM transform and the same endpoints the local stack runs."""
 
 import copy
 import json
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -15,15 +13,10 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-import dynamodb_local
 import iam
-from processes import stop
-from provision import client, provision
-from stack import LOCAL_PARAMETERS
-from template import ROOT, Template, load
-from with_aws import free_port, start_moto
 
-from conftest import read_env
+from conftest import Endpoints, read_env
+from template import Template, load
 
 TABLE_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/billing-local-billing"
 
@@ -37,46 +30,6 @@ def without(doc: dict, function: str, action: str) -> dict:
             if action in actions:
                 statement["Action"] = [a for a in actions if a != action]
     return doc
-
-
-class Endpoints:
-    """moto and DynamoDB Local behind the IAM gate, provisioned from a template, with one set of
-    credentials per function."""
-
-    def __init__(self, doc: dict, state: Path):
-        self.state = state
-        self.principals = state / "principals.json"
-        self.denials = state / "denials.log"
-        env = {**__import__("os").environ, "LOCAL_IAM_PRINCIPALS": str(self.principals), "LOCAL_IAM_DENIALS": str(self.denials)}
-        log = open(state / "endpoints.log", "ab")
-        aws_port, db_port, gate_port = free_port(), free_port(), free_port()
-        self.procs = [start_moto(aws_port, log, env=env)]
-        self.procs.append(dynamodb_local.start(db_port, log))
-        self.procs.append(subprocess.Popen(
-            [sys.executable, str(ROOT / "local" / "dynamodb_gate.py"), "127.0.0.1", str(gate_port), str(db_port)],
-            stdout=log, stderr=log, env=env,
-        ))
-        self.aws, self.dynamodb = f"http://127.0.0.1:{aws_port}", f"http://127.0.0.1:{gate_port}"
-        dynamodb_local.wait_ready(self.procs[-1], self.dynamodb)
-        self.template = Template(doc, self.aws, LOCAL_PARAMETERS)
-        secrets = {"StripeApiKeySecret": json.dumps({"api_key": "sk_test_local"}),
-                   "StripeWebhookSecret": json.dumps({"webhook_secrets": ["whsec_local"]})}
-        arns = provision(self.template, self.aws, self.dynamodb, secrets)
-        self.secret_arns = arns
-        self.credentials = {f.logical_id: iam.Credentials.new() for f in self.template.functions()}
-        policies = iam.function_policies(doc, self.aws, self.template.parameters, arns)
-        iam.write_principals(self.principals, policies, self.credentials)
-
-    def client(self, service: str, function: str | None):
-        endpoint = self.dynamodb if service == "dynamodb" else self.aws
-        return client(service, endpoint, self.credentials[function] if function else None)
-
-    def refusals(self) -> list[dict]:
-        return [json.loads(line) for line in self.denials.read_text().splitlines()] if self.denials.exists() else []
-
-    def close(self):
-        for p in reversed(self.procs):
-            stop(p)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@
 use anyhow::Context;
 use serde_json::Value;
 
+use crate::config::{ConfigError, EnvSource, required_bool};
+
 /// A string that never prints itself.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretString(String);
@@ -42,6 +44,36 @@ pub struct WebhookSecrets {
 #[derive(Clone, Debug)]
 pub struct StripeApiKey {
     pub api_key: SecretString,
+    mode: StripeMode,
+}
+
+/// Which of Stripe's two worlds a key, or a stack, belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StripeMode {
+    Live,
+    Test,
+}
+
+impl StripeMode {
+    /// The stack's mode: `STRIPE_LIVEMODE`, which the template sets from `StripeLivemode`.
+    pub fn from_env(env: &impl EnvSource) -> Result<Self, ConfigError> {
+        Ok(if required_bool(env, "STRIPE_LIVEMODE")? {
+            Self::Live
+        } else {
+            Self::Test
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Test => "test",
+        }
+    }
+
+    fn livemode(self) -> bool {
+        self == Self::Live
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +90,14 @@ pub enum SecretsError {
     },
     #[error("the secret holds `{0}`, which belongs in another secret: refused")]
     Misplaced(&'static str),
+    /// A test key in a live stack bills no one; a live key in a test stack charges real cards.
+    #[error(
+        "the Stripe API key is a {}-mode key, but this stack runs in {} mode \
+         (StripeLivemode={}): put a {}-mode key in the secret, or deploy the stack with \
+         StripeLivemode={}",
+        key.as_str(), stack.as_str(), stack.livemode(), stack.as_str(), key.livemode()
+    )]
+    WrongMode { key: StripeMode, stack: StripeMode },
 }
 
 fn object(text: &str) -> Result<serde_json::Map<String, Value>, SecretsError> {
@@ -115,15 +155,43 @@ impl StripeApiKey {
                 field: "api_key",
                 reason: "expected a string",
             })?;
-        if !(api_key.starts_with("sk_") || api_key.starts_with("rk_")) {
+        // Every Stripe secret or restricted key names its mode (Stripe docs, "API keys").
+        let mode = match api_key.get(..8) {
+            Some("sk_live_" | "rk_live_") => StripeMode::Live,
+            Some("sk_test_" | "rk_test_") => StripeMode::Test,
+            _ => {
+                return Err(SecretsError::Invalid {
+                    field: "api_key",
+                    reason: "expected a secret or restricted key (sk_live_, sk_test_, rk_live_, rk_test_)",
+                });
+            }
+        };
+        if api_key.len() == 8 {
             return Err(SecretsError::Invalid {
                 field: "api_key",
-                reason: "expected a secret (sk_) or restricted (rk_) key",
+                reason: "the key is empty after its prefix",
             });
         }
         Ok(Self {
             api_key: SecretString::new(api_key),
+            mode,
         })
+    }
+
+    pub fn mode(&self) -> StripeMode {
+        self.mode
+    }
+
+    /// The key, if it belongs to the stack's mode.
+    pub fn for_mode(self, stack: StripeMode) -> Result<Self, SecretsError> {
+        if self.mode == stack {
+            Ok(self)
+        } else {
+            Err(SecretsError::WrongMode {
+                key: self.mode,
+                stack,
+            })
+        }
     }
 }
 
@@ -147,6 +215,19 @@ pub async fn load_webhook_secrets(
 ) -> anyhow::Result<WebhookSecrets> {
     let text = read(client, secret_id).await?;
     WebhookSecrets::from_json(&text).with_context(|| format!("parsing secret {secret_id}"))
+}
+
+/// Reads the Stripe API key for a function of the stack: refused at cold start unless its mode
+/// is the stack's (`STRIPE_LIVEMODE`).
+pub async fn load_stack_api_key(
+    client: &aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+    env: &impl EnvSource,
+) -> anyhow::Result<StripeApiKey> {
+    let stack = StripeMode::from_env(env)?;
+    let key = load_api_key(client, secret_id).await?;
+    key.for_mode(stack)
+        .with_context(|| format!("checking secret {secret_id}"))
 }
 
 /// Reads and parses the Stripe API key.
@@ -236,7 +317,22 @@ mod tests {
                 r#"{"api_key":"pk_live_leak"}"#,
                 SecretsError::Invalid {
                     field: "api_key",
-                    reason: "expected a secret (sk_) or restricted (rk_) key",
+                    reason: "expected a secret or restricted key (sk_live_, sk_test_, rk_live_, rk_test_)",
+                },
+            ),
+            (
+                // A key without its mode is no key Stripe issues.
+                r#"{"api_key":"sk_leak"}"#,
+                SecretsError::Invalid {
+                    field: "api_key",
+                    reason: "expected a secret or restricted key (sk_live_, sk_test_, rk_live_, rk_test_)",
+                },
+            ),
+            (
+                r#"{"api_key":"rk_test_"}"#,
+                SecretsError::Invalid {
+                    field: "api_key",
+                    reason: "the key is empty after its prefix",
                 },
             ),
         ];
@@ -245,5 +341,51 @@ mod tests {
             assert!(!err.to_string().contains("leak"), "{err}");
             assert_eq!(err, expected, "{input}");
         }
+    }
+
+    #[test]
+    fn a_key_is_accepted_only_by_a_stack_of_its_own_mode() {
+        for (key, mode) in [
+            ("sk_live_abc", StripeMode::Live),
+            ("rk_live_abc", StripeMode::Live),
+            ("sk_test_abc", StripeMode::Test),
+            ("rk_test_abc", StripeMode::Test),
+        ] {
+            let parsed = StripeApiKey::from_json(&format!(r#"{{"api_key":"{key}"}}"#)).unwrap();
+            assert_eq!(parsed.mode(), mode, "{key}");
+            assert!(parsed.clone().for_mode(mode).is_ok(), "{key}");
+        }
+        let test_key = StripeApiKey::from_json(r#"{"api_key":"sk_test_abc"}"#).unwrap();
+        let err = test_key.for_mode(StripeMode::Live).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the Stripe API key is a test-mode key, but this stack runs in live mode \
+             (StripeLivemode=true): put a live-mode key in the secret, or deploy the stack with \
+             StripeLivemode=false"
+        );
+        let live_key = StripeApiKey::from_json(r#"{"api_key":"rk_live_abc"}"#).unwrap();
+        let err = live_key.for_mode(StripeMode::Test).unwrap_err();
+        assert_eq!(
+            err,
+            SecretsError::WrongMode {
+                key: StripeMode::Live,
+                stack: StripeMode::Test
+            }
+        );
+        assert!(!err.to_string().contains("abc"), "{err}");
+    }
+
+    #[test]
+    fn the_stack_mode_is_read_strictly() {
+        assert_eq!(
+            StripeMode::from_env(&[("STRIPE_LIVEMODE", "true")]),
+            Ok(StripeMode::Live)
+        );
+        assert_eq!(
+            StripeMode::from_env(&[("STRIPE_LIVEMODE", "false")]),
+            Ok(StripeMode::Test)
+        );
+        assert!(StripeMode::from_env(&[("STRIPE_LIVEMODE", "yes")]).is_err());
+        assert!(StripeMode::from_env(&[("OTHER", "x")]).is_err());
     }
 }

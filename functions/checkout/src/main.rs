@@ -16,9 +16,10 @@ async fn main() -> Result<(), Error> {
     let table = required(&ProcessEnv, "TABLE_NAME")?;
     let catalog = Catalog::embedded()?;
     let aws = shared::aws::sdk_config().await;
-    let secrets = shared::secrets::load_api_key(
+    let secrets = shared::secrets::load_stack_api_key(
         &aws_sdk_secretsmanager::Client::new(&aws),
         &required(&ProcessEnv, "STRIPE_API_KEY_SECRET_ID")?,
+        &ProcessEnv,
     )
     .await?;
     let stripe = RealStripe::new(

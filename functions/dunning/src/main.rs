@@ -15,9 +15,10 @@ async fn main() -> Result<(), Error> {
     shared::telemetry::init();
     let env = DunningEnv::from_env(&ProcessEnv)?;
     let aws = shared::aws::sdk_config().await;
-    let secrets = shared::secrets::load_api_key(
+    let secrets = shared::secrets::load_stack_api_key(
         &aws_sdk_secretsmanager::Client::new(&aws),
         &env.api_key_secret_id,
+        &ProcessEnv,
     )
     .await?;
     let stripe = RealStripe::new(&secrets.api_key, env.stripe_api_base.as_deref())?;

@@ -15,9 +15,10 @@ async fn main() -> Result<(), Error> {
     let config = ProcessorConfig::from_env(&ProcessEnv)?;
     let catalog = Catalog::embedded()?;
     let aws = shared::aws::sdk_config().await;
-    let secrets = shared::secrets::load_api_key(
+    let secrets = shared::secrets::load_stack_api_key(
         &aws_sdk_secretsmanager::Client::new(&aws),
         &config.api_key_secret_id,
+        &ProcessEnv,
     )
     .await?;
     let processor = Processor::new(

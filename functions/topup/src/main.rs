@@ -18,9 +18,12 @@ async fn main() -> Result<(), Error> {
     let api_base = env.get("STRIPE_API_BASE").filter(|v| !v.trim().is_empty());
     let catalog = Catalog::embedded()?;
     let aws = shared::aws::sdk_config().await;
-    let secrets =
-        shared::secrets::load_api_key(&aws_sdk_secretsmanager::Client::new(&aws), &secret_id)
-            .await?;
+    let secrets = shared::secrets::load_stack_api_key(
+        &aws_sdk_secretsmanager::Client::new(&aws),
+        &secret_id,
+        &ProcessEnv,
+    )
+    .await?;
     let stripe = RealStripe::new(&secrets.api_key, api_base.as_deref())?;
     let topup = Topup::new(
         DynamoDbTopupStore::new(aws_sdk_dynamodb::Client::new(&aws), table),

@@ -19,6 +19,8 @@ use stripe_client_core::RequestStrategy;
 use super::api::RealStripe;
 use crate::config::{ConfigError, EnvSource, required};
 use crate::metering::Claim;
+use crate::secrets::StripeMode;
+use anyhow::Context;
 
 /// Where the meter is, as configured: its event name and the payload key naming the customer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +37,8 @@ pub struct MeteringEnv {
     pub api_key_secret_id: String,
     /// Where Stripe's API is (the local simulator, in the local stack); Stripe's own by default.
     pub stripe_api_base: Option<String>,
+    /// The stack's Stripe mode: the key must be of it.
+    pub stripe_mode: StripeMode,
     pub meter: MeterConfig,
 }
 
@@ -44,6 +48,7 @@ impl MeteringEnv {
             table_name: required(env, "TABLE_NAME")?,
             api_key_secret_id: required(env, "STRIPE_API_KEY_SECRET_ID")?,
             stripe_api_base: env.get("STRIPE_API_BASE").filter(|v| !v.trim().is_empty()),
+            stripe_mode: StripeMode::from_env(env)?,
             meter: MeterConfig {
                 event_name: required(env, "METER_EVENT_NAME")?,
                 customer_key: env
@@ -60,7 +65,9 @@ impl MeteringEnv {
             &aws_sdk_secretsmanager::Client::new(aws),
             &self.api_key_secret_id,
         )
-        .await?;
+        .await?
+        .for_mode(self.stripe_mode)
+        .with_context(|| format!("checking secret {}", self.api_key_secret_id))?;
         RealStripe::new(&secrets.api_key, self.stripe_api_base.as_deref())
     }
 }
@@ -338,19 +345,26 @@ mod tests {
         let base = [
             ("TABLE_NAME", "t"),
             ("STRIPE_API_KEY_SECRET_ID", "s"),
+            ("STRIPE_LIVEMODE", "false"),
             ("METER_EVENT_NAME", "llm_overage_units"),
         ];
         let env = MeteringEnv::from_env(&base).unwrap();
         assert_eq!(env.meter.customer_key, "stripe_customer_id");
         assert_eq!(env.stripe_api_base, None);
+        assert_eq!(env.stripe_mode, StripeMode::Test);
         assert_eq!(
-            MeteringEnv::from_env(&[base[0], base[1]]),
+            MeteringEnv::from_env(&[base[0], base[1], base[2]]),
             Err(ConfigError::Missing("METER_EVENT_NAME"))
+        );
+        assert_eq!(
+            MeteringEnv::from_env(&[base[0], base[1], base[3]]),
+            Err(ConfigError::Missing("STRIPE_LIVEMODE"))
         );
         let with = [
             base[0],
             base[1],
             base[2],
+            base[3],
             ("METER_CUSTOMER_KEY", "customer"),
             ("STRIPE_API_BASE", "http://127.0.0.1:12111"),
         ];
