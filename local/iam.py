@@ -178,10 +178,14 @@ def role_arn(logical_id: str) -> str:
     return f"arn:aws:iam::{ACCOUNT_ID}:role/{STACK_NAME}-{logical_id}Role"
 
 
-def write_principals(path: Path, policies: dict[str, list[dict]], credentials: dict[str, Credentials]) -> None:
-    """What the endpoints judge by: each function's access key, role and policies."""
+def write_principals(path: Path, policies: dict[str, list[dict]], credentials: dict[str, Credentials],
+                     secret_values: dict[str, dict[str, str]] | None = None) -> None:
+    """What the endpoints judge by: each function's access key, role and policies, and what it
+    reads from a secret in place of the secret's own value (`secret_values`: function → secret
+    ARN → value; the local stack gives each function a Stripe key of its own this way)."""
     principals = {
-        credentials[fid].access_key_id: {"function": fid, "role": role_arn(fid), "policies": docs}
+        credentials[fid].access_key_id: {"function": fid, "role": role_arn(fid), "policies": docs,
+                                         "secret_values": (secret_values or {}).get(fid, {})}
         for fid, docs in policies.items()
     }
     tmp = path.with_suffix(".tmp")
@@ -256,6 +260,11 @@ class Judge:
     @property
     def enforcing(self) -> bool:
         return bool(self._load())
+
+    def secret_value(self, access_key: str | None, secret_arn: str) -> str | None:
+        """What this caller reads from that secret locally, if not the secret's own value."""
+        principal = self._load().get(access_key or "")
+        return principal.get("secret_values", {}).get(secret_arn) if principal else None
 
     def judge(self, access_key: str | None, requests: list[Request]) -> Denial | None:
         """None when every request is allowed; else the first one refused."""

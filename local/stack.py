@@ -268,6 +268,12 @@ class Stack:
         self.dynamodb_gate: subprocess.Popen | None = None
         # Each function's own session, as Lambda hands a function its role's (local/iam.py).
         self.credentials = {lid: iam.Credentials.new() for lid in self.functions}
+        # Each function that holds the Stripe key gets a restricted key of its own, with exactly
+        # the permissions the README lists for it (stripe_sim.readme_permissions).
+        self.stripe_keys = {
+            lid: f"rk_test_{lid.removesuffix('Function').lower()}_{uuid.uuid4().hex[:16]}"
+            for lid, fn in self.functions.items() if "STRIPE_API_KEY_SECRET_ID" in fn.environment
+        }
         self.stopping = threading.Event()
 
     def function_env(self, logical_id: str) -> dict[str, str]:
@@ -293,7 +299,10 @@ class Stack:
         secret_arns = provision(self.template, s.aws_endpoint, s.dynamodb_endpoint, secrets)
         # From here on every call with a function's credentials is judged against its role.
         policies = iam.function_policies(self.template.doc, s.aws_endpoint, self.template.parameters, secret_arns)
-        iam.write_principals(s.state / "iam-principals.json", policies, self.credentials)
+        api_key_secret = secret_arns["StripeApiKeySecret"]
+        iam.write_principals(s.state / "iam-principals.json", policies, self.credentials, {
+            lid: {api_key_secret: json.dumps({"api_key": key})} for lid, key in self.stripe_keys.items()
+        })
         log(f"IAM: each function calls AWS with its own role's policies (refusals in {s.state / 'logs' / 'iam-denials.log'})")
         bus_tap_url = self.tap_event_buses()
         # What verifying the sender in SES is in AWS (README, "Deploy").
@@ -331,6 +340,9 @@ class Stack:
         self.servers.append(serve(s.http_port, self.http_api_handler()))
         webhook_url = f"http://127.0.0.1:{s.http_port}/webhooks/stripe"
         self.stripe, stripe_server = stripe_sim.serve(s.stripe_port, webhook_url, s.webhook_secrets, stripe_sim.load_prices())
+        listed = stripe_sim.readme_permissions((ROOT / "README.md").read_text())
+        self.stripe.restricted_keys = {key: listed.get(lid, set()) for lid, key in self.stripe_keys.items()}
+        self.stripe.refusal_log = s.state / "logs" / "stripe-permission-refusals.log"
         self.servers.append(stripe_server)
         log(f"Stripe simulator on http://127.0.0.1:{s.stripe_port}, delivering webhooks to {webhook_url}")
         log(f"HTTP API on http://127.0.0.1:{s.http_port} ({', '.join(f'{r.method} {r.path}' for r in self.routes)})")

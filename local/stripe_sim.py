@@ -38,6 +38,87 @@ class ApiError(Exception):
         self.status, self.body = status, {"error": {"type": type_, "message": message, "code": code, "param": param}}
 
 
+# --- restricted keys ---------------------------------------------------------------------------
+#
+# A restricted key holds, per resource, no access, read or write; a GET needs read and a POST or
+# DELETE write, and write implies read (Stripe docs, "Restricted API keys": "Write permissions
+# imply read permissions"). Stripe refuses anything else with 403 and names the permission that
+# would allow the request, as `rak_<resource>_<read|write>` (public reports quote
+# `rak_subscription_read` and `rak_plan_write`, the latter for prices: tylerjrichards/st-paywall#36,
+# WWBN/AVideo#8516); the other resources' names here follow the same pattern. The dashboard
+# names are the ones the README's permission table uses.
+RESTRICTED_RESOURCES = {
+    # dashboard name -> the resource in Stripe's permission names
+    "Customers": "customer",
+    "Checkout Sessions": "checkout_session",
+    "Customer portal": "customer_portal",
+    "Subscriptions": "subscription",
+    "Invoices": "invoice",
+    "PaymentIntents": "payment_intent",
+    "Refunds": "refund",
+    "Events": "event",
+    "Meters": "billing_meter",
+    "Meter events": "billing_meter_event",
+    "Products": "product",
+    "Prices": "plan",
+    "Webhook endpoints": "webhook",
+}
+# The API's paths by their first segments, longest first.
+RESTRICTED_PATHS = [
+    (["checkout", "sessions"], "checkout_session"),
+    (["billing_portal"], "customer_portal"),
+    (["billing", "meter_events"], "billing_meter_event"),
+    (["billing", "meters"], "billing_meter"),
+    (["customers"], "customer"),
+    (["subscriptions"], "subscription"),
+    (["invoices"], "invoice"),
+    (["payment_intents"], "payment_intent"),
+    (["refunds"], "refund"),
+    (["events"], "event"),
+    (["products"], "product"),
+    (["prices"], "plan"),
+    (["webhook_endpoints"], "webhook"),
+]
+
+
+def permission_needed(method: str, path: str) -> str | None:
+    """The permission a restricted key needs for a request (`customer_write`), or None for an
+    endpoint no restricted key may call."""
+    parts = path.strip("/").split("/")[1:]
+    for prefix, resource in RESTRICTED_PATHS:
+        if parts[: len(prefix)] == prefix:
+            return f"{resource}_{'read' if method == 'GET' else 'write'}"
+    return None
+
+
+def grants(permissions: set[str], needed: str) -> bool:
+    resource, _, level = needed.rpartition("_")
+    return needed in permissions or (level == "read" and f"{resource}_write" in permissions)
+
+
+def permissions_of(listed: str) -> set[str]:
+    """`Customers: Write, Events: Read` (the README's words) → {"customer_write", "event_read"}."""
+    out = set()
+    for item in filter(None, (i.strip() for i in listed.split(","))):
+        name, _, level = item.rpartition(":")
+        if name.strip() not in RESTRICTED_RESOURCES or level.strip() not in ("Read", "Write"):
+            raise ValueError(f"unknown Stripe permission {item!r} (one of {sorted(RESTRICTED_RESOURCES)}, then Read or Write)")
+        out.add(f"{RESTRICTED_RESOURCES[name.strip()]}_{level.strip().lower()}")
+    return out
+
+
+def readme_permissions(readme: str) -> dict[str, set[str]]:
+    """The README's table of the restricted key's permissions, by function."""
+    out: dict[str, set[str]] = {}
+    start = readme.index("<!-- stripe-permissions -->")
+    end = readme.index("<!-- /stripe-permissions -->")
+    for line in readme[start:end].splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 2 and cells[0].startswith("`") and cells[0].endswith("`"):
+            out[cells[0].strip("`")] = permissions_of(cells[1])
+    return out
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{pysecrets.token_hex(12)}"
 
@@ -89,6 +170,11 @@ class StripeSimulator:
         self.meter_hold_ms = 20
         self.faults: list[dict] = []
         self.api_calls: dict[tuple[str, str], int] = {}  # (method, path) -> calls, for counting
+        # Restricted keys the account has (key -> permissions); any other rk_ key is unknown.
+        self.restricted_keys: dict[str, set[str]] = {}
+        self.refusal_log: Path | None = None  # where refused restricted-key calls are written
+        self.key_calls: dict[str, int] = {}  # API calls allowed, by key
+        self.account_id = "acct_1LocalSimulator0"
         self.delivery = {"duplicate": 0, "reorder": False, "delay_ms": 0, "paused": False}
         self.clock_offset = 0
         self.pending: list[dict] = []
@@ -888,6 +974,9 @@ class StripeSimulator:
                 c["invoice_settings"] = {**settings, "default_payment_method": pm}
                 self.emit("customer.updated", c, previous)
                 return c
+            case ["keys"]:
+                # Which keys made how many allowed calls, by the key's name (its secret part cut).
+                return {k.rsplit("_", 1)[0]: n for k, n in self.key_calls.items()}
             case ["faults"]:
                 # {"method": "GET", "path": "/v1/events", "status": 429, "times": 2}
                 self.faults.append({"method": body.get("method"), "path": body["path"],
@@ -941,6 +1030,25 @@ def make_handler(sim: StripeSimulator):
             self.end_headers()
             self.wfile.write(data)
 
+        def restricted_refusal(self, key: str, path: str) -> tuple[int, dict] | None:
+            if not key.startswith("rk_"):
+                return None
+            if key not in sim.restricted_keys:
+                return 401, {"error": {"type": "invalid_request_error", "message": f"Invalid API Key provided: {redacted(key)}"}}
+            needed = permission_needed(self.command, path)
+            if needed and grants(sim.restricted_keys[key], needed):
+                return None
+            if sim.refusal_log:
+                with open(sim.refusal_log, "a") as f:
+                    f.write(json.dumps({"key": key.rsplit("_", 1)[0], "method": self.command, "path": path,
+                                        "needed": needed}) + "\n")
+            # Stripe's permission error: 403, type invalid_request_error, naming what would allow it.
+            why = (f"Having the 'rak_{needed}' permission would allow this request to continue." if needed
+                   else "This is a restricted API key, but the required permissions are not available for use by restricted keys.")
+            return 403, {"error": {"type": "invalid_request_error", "message":
+                f"The provided key '{redacted(key)}' does not have the required permissions for this endpoint "
+                f"on account '{sim.account_id}'. {why}"}}
+
         def handle_any(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length).decode() if length else ""
@@ -954,6 +1062,12 @@ def make_handler(sim: StripeSimulator):
                 if not auth.startswith("Bearer sk_test_") and not auth.startswith("Bearer rk_test_"):
                     return self.respond(401, {"error": {"type": "invalid_request_error",
                                                         "message": "Invalid API Key provided (the simulator takes test-mode keys)."}})
+                refused = self.restricted_refusal(auth.removeprefix("Bearer "), url.path)
+                if refused:
+                    return self.respond(*refused)
+                with sim.lock:
+                    k = auth.removeprefix("Bearer ")
+                    sim.key_calls[k] = sim.key_calls.get(k, 0) + 1
                 fault = sim.take_fault(self.command, url.path)
                 if fault:
                     return self.respond(fault, {"error": {"type": "api_error" if fault >= 500 else "rate_limit_error",
@@ -1017,6 +1131,12 @@ def load_meters(path: Path = Path(__file__).resolve().parent / "stripe-prices.to
     import tomllib
 
     return tomllib.loads(path.read_text()).get("meters", {})
+
+
+def redacted(key: str) -> str:
+    """A key as Stripe prints it in errors: its prefix, stars, and its last four characters."""
+    prefix = key[:8]
+    return prefix + "*" * max(0, len(key) - 12) + key[-4:]
 
 
 def serve(port: int, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict]) -> tuple[StripeSimulator, ThreadingHTTPServer]:

@@ -60,6 +60,10 @@ def stack(tmp_path_factory):
         denials = state / "logs" / "iam-denials.log"
         refused = denials.read_text() if denials.exists() else ""
         assert refused == "", f"calls outside a function's role (template.yaml):\n{refused}"
+        # And every Stripe call was within the README's permissions for its function.
+        stripe_refusals = state / "logs" / "stripe-permission-refusals.log"
+        refused = stripe_refusals.read_text() if stripe_refusals.exists() else ""
+        assert refused == "", f"Stripe calls outside the README's restricted-key permissions:\n{refused}"
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict | None = None) -> tuple[int, object]:
