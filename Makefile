@@ -13,7 +13,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export AWS_ACCESS_KEY_ID ?= testing
 export AWS_SECRET_ACCESS_KEY ?= testing
 
-.PHONY: help venv deps checkov template-checks build up down demo test test-rust test-local lint bench sam-build clean replay redrive fire
+.PHONY: help venv deps checkov template-checks build up down demo test test-rust test-local lint bench sam-build clean replay redrive fire stripe-setup smoke
 
 help:
 	@echo "make demo    start the local stack, play the story, stop"
@@ -22,6 +22,8 @@ help:
 	@echo "make down    stop it"
 	@echo "make bench   benchmarks, each figure beside its target"
 	@echo "make sam-build  build the arm64 deployment artefacts with sam build"
+	@echo "make stripe-setup STACK=billing-dev [ARGS=--dry-run]  set Stripe up from catalog.toml"
+	@echo "make smoke STACK=billing-dev    a short end-to-end check of a deployed stack (STACK=local: make up's)"
 
 $(VENV)/.installed: local/requirements.txt
 	python3 -m venv $(VENV)
@@ -120,3 +122,30 @@ redrive: venv
 	set -a; . ./.local/env; set +a; \
 	EVENTS_QUEUE_URL=$$QUEUE_URL_EVENTS_QUEUE EVENTS_DEAD_LETTER_QUEUE_URL=$$QUEUE_URL_EVENTS_DEAD_LETTER_QUEUE \
 	  cargo run --quiet --release -p tools --bin redrive
+
+# Sets the Stripe account of $$STRIPE_API_KEY up from catalog.toml for a deployed stack: meter,
+# products and prices (by lookup key), the webhook endpoint and the customer portal, and records
+# the price ids in the stack's table. ARGS=--dry-run prints the plan; ARGS=--check only compares.
+# Against the local stack (make up), STACK=local uses .local/env.
+STACK ?=
+stripe-setup: venv
+	@test -n "$$STRIPE_API_KEY" || { echo "set STRIPE_API_KEY (the account's secret key; README, Deploy)"; exit 1; }
+	@test -n "$(STACK)" || { echo "name the stack: make stripe-setup STACK=billing-dev"; exit 1; }
+	if [ "$(STACK)" = local ]; then \
+	  set -a; . ./.local/env; set +a; \
+	  STRIPE_API_BASE=$$LOCAL_STRIPE_ENDPOINT $(PY) tools/stripe_setup.py --webhook-url "$$WEBHOOK_URL" \
+	    --table "$$TABLE_NAME_BILLING_TABLE" $(ARGS); \
+	else \
+	  out() { aws cloudformation describe-stacks --stack-name "$(STACK)" \
+	    --query "Stacks[0].Outputs[?OutputKey=='$$1'].OutputValue" --output text; }; \
+	  param() { aws cloudformation describe-stacks --stack-name "$(STACK)" \
+	    --query "Stacks[0].Parameters[?ParameterKey=='$$1'].ParameterValue" --output text; }; \
+	  $(PY) tools/stripe_setup.py --webhook-url "$$(out WebhookUrl)" --table "$$(out BillingTableName)" \
+	    --meter-event-name "$$(param MeterEventName)" --meter-customer-key "$$(param MeterCustomerKey)" $(ARGS); \
+	fi
+
+# A short end-to-end check of a deployed stack's outputs (checkout, its webhook, a track, a
+# balance, an alarm reaching the topic), or of the local stack (STACK=local); prints what passed.
+smoke: venv
+	@test -n "$(STACK)" || { echo "name the stack: make smoke STACK=billing-dev (or STACK=local)"; exit 1; }
+	$(PY) tools/smoke.py $(STACK)

@@ -436,7 +436,7 @@ def session_subscription(env: dict, session_id: str) -> str:
 def deal_price(env: dict, included_units: int, tiers: list[tuple[str, str]]) -> dict:
     """A metered price on volume tiers, made for one customer as sales would in Stripe."""
     params = {"currency": "usd", "product_data[name]": "Acme volume overage", "recurring[interval]": "month",
-              "recurring[usage_type]": "metered", "recurring[meter]": "mtr_local_overage",
+              "recurring[usage_type]": "metered", "recurring[meter]": env["STRIPE_METER_ID"],
               "billing_scheme": "tiered", "tiers_mode": "volume",
               "metadata[plan]": "enterprise", "metadata[included_units]": str(included_units)}
     for i, (up_to, cents) in enumerate(tiers):
@@ -459,7 +459,7 @@ def play_enterprise(env: dict) -> None:
           + ", then ".join(f"{c} ¢/unit up to {u}" for u, c in tiers))
     sub = stripe_call(env, "POST", "/v1/subscriptions", {
         "customer": customer["id"], "metadata[account_id]": account,
-        "items[0][price]": "price_enterprise_monthly", "items[1][price]": price["id"]})
+        "items[0][price]": env["STRIPE_PRICE_ENTERPRISE_MONTHLY"], "items[1][price]": price["id"]})
     a = wait_for(env, account, lambda b: b["included_units"] == 2_000_000)
     print(f"    the account at once: plan {a['plan']}, {a['included_units']:,} units included")
     t = usage(env, {"action": "track", "account_id": account, "request_id": "acme-1", "model": "gpt-4o-mini",
@@ -518,7 +518,7 @@ def play_auto_topup(env: dict) -> None:
     customer = stripe_call(env, "POST", "/v1/customers", {"email": "ops@refill.example", "metadata[account_id]": account})
     session = stripe_call(env, "POST", "/v1/checkout/sessions", {
         "mode": "payment", "customer": customer["id"], "client_reference_id": account,
-        "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
+        "line_items[0][price]": env["STRIPE_PRICE_CREDITS_1M"], "line_items[0][quantity]": "1",
         "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
         "payment_intent_data[metadata][account_id]": account})
     sim(env, f"checkout/sessions/{session['id']}/complete")

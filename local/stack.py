@@ -308,6 +308,29 @@ class Stack:
         # What verifying the sender in SES is in AWS (README, "Deploy").
         provision_client("sesv2", s.aws_endpoint).create_email_identity(EmailIdentity=LOCAL_PARAMETERS["EmailFromAddress"])
 
+        # Stripe: an empty account, set up by the same command a deploy runs (`make
+        # stripe-setup`), which records the price ids in the table and gives the webhook
+        # endpoint its signing secret; the stack then stores it, as the README's step does.
+        webhook_url = f"http://127.0.0.1:{s.http_port}/webhooks/stripe"
+        self.stripe, stripe_server = stripe_sim.serve(s.stripe_port, webhook_url, s.webhook_secrets, {}, {})
+        self.servers.append(stripe_server)
+        listed = stripe_sim.readme_permissions((ROOT / "README.md").read_text())
+        self.stripe.restricted_keys = {key: listed.get(lid, set()) for lid, key in self.stripe_keys.items()}
+        self.stripe.refusal_log = s.state / "logs" / "stripe-permission-refusals.log"
+        self.stripe_setup = stripe_sim.set_up(
+            f"http://127.0.0.1:{s.stripe_port}", webhook_url, table=self.template.table_name("BillingTable"),
+            dynamodb=provision_client("dynamodb", s.dynamodb_endpoint),
+            meter_event_name=self.template.parameters["MeterEventName"],
+            meter_customer_key=self.template.parameters["MeterCustomerKey"],
+            return_url=LOCAL_PARAMETERS["BillingPageUrl"],
+        )
+        provision_client("secretsmanager", s.aws_endpoint).put_secret_value(
+            SecretId=secret_arns["StripeWebhookSecret"],
+            SecretString=json.dumps({"webhook_secrets": [self.stripe_setup.webhook_secret, *s.webhook_secrets]}),
+        )
+        log(f"Stripe simulator on http://127.0.0.1:{s.stripe_port}, set up from catalog.toml "
+            f"({len(self.stripe_setup.changes)} changes), delivering webhooks to {webhook_url}")
+
         for logical_id, fn in self.functions.items():
             env = self.function_env(logical_id)
             (s.state / "functions" / f"{logical_id}.env").write_text(
@@ -338,13 +361,6 @@ class Stack:
         self.start_streams_and_schedules()
 
         self.servers.append(serve(s.http_port, self.http_api_handler()))
-        webhook_url = f"http://127.0.0.1:{s.http_port}/webhooks/stripe"
-        self.stripe, stripe_server = stripe_sim.serve(s.stripe_port, webhook_url, s.webhook_secrets, stripe_sim.load_prices())
-        listed = stripe_sim.readme_permissions((ROOT / "README.md").read_text())
-        self.stripe.restricted_keys = {key: listed.get(lid, set()) for lid, key in self.stripe_keys.items()}
-        self.stripe.refusal_log = s.state / "logs" / "stripe-permission-refusals.log"
-        self.servers.append(stripe_server)
-        log(f"Stripe simulator on http://127.0.0.1:{s.stripe_port}, delivering webhooks to {webhook_url}")
         log(f"HTTP API on http://127.0.0.1:{s.http_port} ({', '.join(f'{r.method} {r.path}' for r in self.routes)})")
         self.servers.append(serve(s.lambda_port, self.invoke_api_handler()))
         log(f"Lambda Invoke API on http://127.0.0.1:{s.lambda_port} ({', '.join(self.functions)})")
@@ -365,12 +381,23 @@ class Stack:
             "LOCAL_STRIPE_ENDPOINT": f"http://127.0.0.1:{s.stripe_port}",
             "STRIPE_API_KEY": "sk_test_local",
             "STRIPE_WEBHOOK_SECRET": ",".join(s.webhook_secrets),
+            # What `make stripe-setup` resolved in the simulator: the ids its account gave.
+            "STRIPE_METER_ID": self.stripe_setup.ids["meter"],
+            "STRIPE_WEBHOOK_ENDPOINT_SECRET": self.stripe_setup.webhook_secret,
+            **{f"STRIPE_PRICE_{k.upper()}": v for k, v in self.stripe_setup.ids["prices"].items()},
             **{f"QUEUE_URL_{to_env(k)}": v for k, v in queues.items()},
             **{f"TABLE_NAME_{to_env(k)}": v for k, v in tables.items()},
             "LOCAL_BUS_QUEUE_URL": bus_tap_url,
             "LOCAL_SES_MESSAGES_URL": f"{s.aws_endpoint}/_local/ses/messages",
             "LOCAL_STACK_PID": str(os.getpid()),
         }
+        # For `sam local invoke FUNCTION --env-vars .local/sam-env.json` where Docker is: each
+        # function's declared variables pointed at this stack (SAM passes only declared ones).
+        declared = {lid: set(self.template.declared_variables(lid)) for lid in self.functions}
+        (s.state / "sam-env.json").write_text(json.dumps({
+            lid: {k: v for k, v in self.function_env(lid).items() if k in declared[lid]}
+            for lid in self.functions
+        }, indent=2))
         # Written last: its presence (with this pid) is what `up` waits for.
         tmp = s.state / "env.tmp"
         tmp.write_text("".join(f"{k}={shell_quote(v)}\n" for k, v in env_lines.items()))

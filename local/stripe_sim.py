@@ -25,6 +25,9 @@ from pathlib import Path
 
 import stripe as stripe_lib
 
+import stripe_params
+from stripe_sim_setup import SetupResources
+
 FIXTURES = json.loads(
     (Path(__file__).resolve().parent.parent / "shared" / "tests" / "fixtures" / "stripe-objects.json").read_text()
 )["resources"]
@@ -151,8 +154,8 @@ def parse_form(body: str) -> dict:
     return out
 
 
-class StripeSimulator:
-    def __init__(self, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict]):
+class StripeSimulator(SetupResources):
+    def __init__(self, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict], meters: dict | None = None):
         self.webhook_url = webhook_url
         self.signing_secrets = signing_secrets
         self.prices = prices  # price id -> {"kind": recurring|metered|one_time, "unit_amount": int}
@@ -163,7 +166,7 @@ class StripeSimulator:
         self.idempotency_in_flight: set[str] = set()
         self.meter_events: dict[str, dict] = {}
         self.cards: dict[str, bool] = {}  # payment method id -> whether it is declined
-        self.meters = load_meters()
+        self.meters = meters or {}
         # Stripe takes one meter event at a time per customer and meter; a call that arrives
         # while another is being recorded is answered 429. `hold_ms` is how long recording takes.
         self.meter_in_flight: set[tuple[str, str]] = set()
@@ -172,6 +175,12 @@ class StripeSimulator:
         self.api_calls: dict[tuple[str, str], int] = {}  # (method, path) -> calls, for counting
         # Restricted keys the account has (key -> permissions); any other rk_ key is unknown.
         self.restricted_keys: dict[str, set[str]] = {}
+        self.products: dict[str, dict] = {}
+        self.webhook_endpoints: dict[str, dict] = {}
+        self.portal_configurations: dict[str, dict] = {}
+        self.not_enabled: set[str] = set()  # events no endpoint enabled: never sent
+        # The signing secret a new webhook endpoint gets; None: a fresh random one, as Stripe's.
+        self.endpoint_secret: str | None = None
         self.refusal_log: Path | None = None  # where refused restricted-key calls are written
         self.key_calls: dict[str, int] = {}  # API calls allowed, by key
         self.account_id = "acct_1LocalSimulator0"
@@ -219,7 +228,26 @@ class StripeSimulator:
                         time.sleep(settings["delay_ms"] / 1000)
                     self._deliver(event)
 
+    def targets(self, event: dict) -> list[tuple[str, list[str]]]:
+        """Where an event goes: every enabled endpoint that enabled its type (or `*`), signed with
+        that endpoint's secret (Stripe docs, "Webhook endpoints"). Until an endpoint is
+        registered, the simulator's own `webhook_url` with its configured secrets takes all."""
+        with self.lock:
+            endpoints = list(self.webhook_endpoints.values())
+        if not endpoints:
+            return [(self.webhook_url, self.signing_secrets)]
+        return [(e["url"], e["_secrets"]) for e in endpoints
+                if e["status"] == "enabled" and ("*" in e["enabled_events"] or event["type"] in e["enabled_events"])]
+
     def _deliver(self, event: dict) -> None:
+        targets = self.targets(event)
+        if not targets:
+            with self.lock:
+                self.not_enabled.add(event["id"])
+        for url, secrets in targets:
+            self._deliver_to(event, url, secrets)
+
+    def _deliver_to(self, event: dict, url: str, secrets: list[str]) -> None:
         body = json.dumps(event, indent=2)
         delay = 0.25
         for attempt in range(1, 7):
@@ -227,9 +255,9 @@ class StripeSimulator:
             # whatever the simulated clock says the event's `created` is.
             t = int(time.time())
             # One v1 per live secret, as Stripe signs during a rotation.
-            sigs = [stripe_lib.WebhookSignature.generate_signature_header(body, s, timestamp=t).split(",v1=")[1] for s in self.signing_secrets]
+            sigs = [stripe_lib.WebhookSignature.generate_signature_header(body, s, timestamp=t).split(",v1=")[1] for s in secrets]
             header = f"t={t}," + ",".join(f"v1={s}" for s in sigs)
-            req = urllib.request.Request(self.webhook_url, data=body.encode(), method="POST", headers={
+            req = urllib.request.Request(url, data=body.encode(), method="POST", headers={
                 "Content-Type": "application/json; charset=utf-8", "Stripe-Signature": header,
                 "User-Agent": "Stripe/1.0 (+https://stripe.com/docs/webhooks)"})
             status = 0
@@ -252,7 +280,7 @@ class StripeSimulator:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
-                delivered = {d["event"] for d in self.deliveries}
+                delivered = {d["event"] for d in self.deliveries} | self.not_enabled
                 if not self.pending and all(e["id"] in delivered for e in self.events):
                     return True
             time.sleep(0.05)
@@ -276,9 +304,24 @@ class StripeSimulator:
         per unit or on `volume`/`graduated` tiers, with metadata. Stripe's checks that matter
         here are kept: a metered price names an existing meter, tiers end with `inf`, each tier
         has an amount."""
+        stripe_params_error = stripe_params.invalid(stripe_params.price_create(), params)
+        if stripe_params_error:
+            raise ApiError(400, stripe_params_error[1], param=stripe_params_error[0])
+        if not params.get("currency"):
+            raise ApiError(400, "Missing required param: currency.", param="currency")
+        if params.get("product"):
+            product = self.product(params["product"])["id"]
+        elif (params.get("product_data") or {}).get("name"):
+            product = self.create_product({"name": params["product_data"]["name"]})["id"]
+        else:
+            raise ApiError(400, "You must specify either `product` or `product_data` when creating a price.", param="product")
         recurring = params.get("recurring") or {}
+        if recurring and not recurring.get("interval"):
+            raise ApiError(400, "Missing required param: recurring[interval].", param="recurring[interval]")
         scheme = params.get("billing_scheme", "per_unit")
-        price: dict = {"metadata": params.get("metadata", {}), "nickname": params.get("nickname")}
+        price: dict = {"metadata": params.get("metadata", {}), "nickname": params.get("nickname"),
+                       "product": product, "currency": params["currency"], "active": params.get("active") not in (False, "false"),
+                       "interval": recurring.get("interval", "month"), "tax_behavior": params.get("tax_behavior", "unspecified")}
         if recurring.get("usage_type") == "metered":
             if recurring.get("meter") not in self.meters:
                 raise ApiError(400, f"No such meter: '{recurring.get('meter')}'", code="resource_missing",
@@ -317,6 +360,7 @@ class StripeSimulator:
             if "transform_quantity" in params:
                 price["divide_by"] = int(params["transform_quantity"].get("divide_by", 1))
         pid = new_id("price")
+        price["lookup_key"] = self.claim_lookup_key(pid, params)
         self.prices[pid] = price
         return self.price_json(pid)
 
@@ -326,13 +370,17 @@ class StripeSimulator:
         p = copy.deepcopy(FIXTURES["price"])
         metered = price["kind"] == "metered"
         p.update(id=price_id, livemode=False, metadata=price.get("metadata", {}), nickname=price.get("nickname"),
-                 product=f"prod_{price_id}", type="one_time" if price["kind"] == "one_time" else "recurring",
+                 product=price.get("product", f"prod_{price_id}"), lookup_key=price.get("lookup_key"),
+                 active=price.get("active", True), currency=price.get("currency", "usd"),
+                 tax_behavior=price.get("tax_behavior", "unspecified"),
+                 type="one_time" if price["kind"] == "one_time" else "recurring",
                  billing_scheme="tiered" if "tiers" in price else "per_unit",
                  tiers_mode=price.get("tiers_mode"), unit_amount=price.get("unit_amount"),
                  unit_amount_decimal=None if "tiers" in price else str(price.get("unit_amount", 0)),
                  transform_quantity=({"divide_by": price["divide_by"], "round": "up"} if "divide_by" in price else None))
         p["recurring"] = None if price["kind"] == "one_time" else {
-            **p["recurring"], "usage_type": "metered" if metered else "licensed", "meter": price.get("meter")}
+            **p["recurring"], "usage_type": "metered" if metered else "licensed", "meter": price.get("meter"),
+            "interval": price.get("interval", "month")}
         return p
 
     def new_card(self, declines: bool = False) -> str:
@@ -801,7 +849,8 @@ class StripeSimulator:
         out = copy.deepcopy(FIXTURES["billing.meter"])
         out.update(id=meter_id, event_name=m["event_name"], display_name=m.get("display_name", meter_id),
                    customer_mapping={"event_payload_key": m["customer_key"], "type": "by_id"},
-                   value_settings={"event_payload_key": m["value_key"]}, livemode=False)
+                   value_settings={"event_payload_key": m["value_key"]}, livemode=False,
+                   default_aggregation={"formula": m.get("formula", "sum")}, status=m.get("status", "active"))
         return out
 
     def event_summaries(self, meter_id: str, query: dict) -> dict:
@@ -854,6 +903,9 @@ class StripeSimulator:
             if p[:1] != ["v1"]:
                 raise ApiError(404, f"Unrecognized request URL ({method}: {path})")
             r = p[1:]
+            handled = self.route_setup(method, r, params)
+            if handled is not None:
+                return 200, handled
             match method, r:
                 case "POST", ["customers"]:
                     return 200, self.create_customer(params)
@@ -1074,7 +1126,8 @@ def make_handler(sim: StripeSimulator):
                                                           "message": f"Injected {fault} from the simulator."}},
                                         {"Stripe-Should-Retry": "true"})
             try:
-                params = json.loads(raw or "{}") if control else parse_form(raw)
+                # A GET carries its parameters in the query, nested as a form's (`lookup_keys[]=`).
+                params = json.loads(raw or "{}") if control else parse_form(url.query if self.command == "GET" else raw)
             except ValueError:
                 return self.respond(400, {"error": {"type": "invalid_request_error", "message": "Malformed body."}})
             key = self.headers.get("Idempotency-Key")
@@ -1121,16 +1174,20 @@ def make_handler(sim: StripeSimulator):
     return Handler
 
 
-def load_prices(path: Path = Path(__file__).resolve().parent / "stripe-prices.toml") -> dict[str, dict]:
-    import tomllib
+def set_up(base: str, webhook_url: str, key: str = "sk_test_local", **kwargs):
+    """Runs `make stripe-setup` (tools/stripe_setup.py) against a simulator at `base`: the account
+    every local test and the demo start from. Answers its report (`ids`, `webhook_secret`)."""
+    import sys
 
-    return tomllib.loads(path.read_text())["prices"]
+    tools = str(Path(__file__).resolve().parent.parent / "tools")
+    if tools not in sys.path:
+        sys.path.insert(0, tools)
+    import stripe_setup
 
-
-def load_meters(path: Path = Path(__file__).resolve().parent / "stripe-prices.toml") -> dict[str, dict]:
-    import tomllib
-
-    return tomllib.loads(path.read_text()).get("meters", {})
+    report = stripe_setup.setup(key, webhook_url, api_base=base, **kwargs)
+    if report.problems:
+        raise RuntimeError(f"Stripe setup refused: {report.problems}")
+    return report
 
 
 def redacted(key: str) -> str:
@@ -1139,8 +1196,9 @@ def redacted(key: str) -> str:
     return prefix + "*" * max(0, len(key) - 12) + key[-4:]
 
 
-def serve(port: int, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict]) -> tuple[StripeSimulator, ThreadingHTTPServer]:
-    sim = StripeSimulator(webhook_url, signing_secrets, prices)
+def serve(port: int, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict] | None = None,
+          meters: dict | None = None) -> tuple[StripeSimulator, ThreadingHTTPServer]:
+    sim = StripeSimulator(webhook_url, signing_secrets, prices or {}, meters)
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(sim), bind_and_activate=False)
     server.request_queue_size = 1024  # accept bursts (Python's default backlog is 5)
     server.server_bind()

@@ -141,6 +141,8 @@ class Template:
         }
         if name in pseudo:
             return pseudo[name]
+        if name == "AWS::NoValue":
+            return None  # CloudFormation drops the property; callers drop a None
         if name in self.parameters:
             return self.parameters[name]
         res = self.resources.get(name)
@@ -199,6 +201,13 @@ class Template:
 
     # --- functions ------------------------------------------------------------------------
 
+    def declared_variables(self, logical_id: str) -> list[str]:
+        """The environment variables the template declares for a function (Globals included),
+        NoValue ones too: the ones `sam local invoke --env-vars` may set."""
+        glob = self.doc.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {})
+        own = self.resources[logical_id].get("Properties", {}).get("Environment", {}).get("Variables", {})
+        return sorted({**glob, **own})
+
     def functions(self) -> list[Function]:
         glob = self.doc.get("Globals", {}).get("Function", {})
         out = []
@@ -240,7 +249,7 @@ class Template:
                     binary=binary,
                     timeout=int(props.get("Timeout", glob.get("Timeout", 3))),
                     memory=int(props.get("MemorySize", glob.get("MemorySize", 128))),
-                    environment={k: str(self.resolve(v)) for k, v in env.items()},
+                    environment={k: str(r) for k, r in ((k, self.resolve(v)) for k, v in env.items()) if r is not None},
                     routes=routes,
                     sqs_sources=sqs_sources,
                     stream_sources=stream_sources,

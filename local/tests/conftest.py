@@ -81,6 +81,16 @@ class Stripe:
     def __init__(self, env: dict):
         self.base = env["LOCAL_STRIPE_ENDPOINT"]
         self.key = env["STRIPE_API_KEY"]
+        self.env = env
+
+    def price(self, lookup_key: str) -> str:
+        """The id the local account gave a catalog price (`make stripe-setup` resolved it)."""
+        return self.env[f"STRIPE_PRICE_{lookup_key.upper()}"]
+
+    @property
+    def meter(self) -> str:
+        """The overage meter's id in the local account."""
+        return self.env["STRIPE_METER_ID"]
 
     def call(self, method: str, path: str, params: dict | None = None, idempotency_key: str | None = None):
         headers = {"Authorization": f"Bearer {self.key}", "Stripe-Version": "2026-09-30.endive"}

@@ -39,7 +39,7 @@ def test_a_plan_and_a_credit_pack_through_checkout_become_the_plan_the_credits_a
     done = stripe.sim(f"checkout/sessions/{session_id}/complete")
     status, sub = stripe.call("GET", f"/v1/subscriptions/{done['subscription']}")
     assert sub["metadata"]["account_id"] == account
-    assert sorted(i["price"]["id"] for i in sub["items"]["data"]) == ["price_pro_monthly", "price_pro_overage"]
+    assert sorted(i["price"]["lookup_key"] for i in sub["items"]["data"]) == ["pro_monthly", "pro_overage"]
     a = account_where(env, account, lambda a: a["plan"] == "pro" and a["customer_id"], "the pro plan")
     assert a["customer_id"] == done["customer"]
     assert a["billing_email"] == f"{account}@example.com"

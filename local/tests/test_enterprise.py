@@ -16,7 +16,7 @@ TRACK = {"action": "track", "model": "unlisted-model", "output_tokens": 0}
 def deal_price(stripe: Stripe, included_units: int, tiers: list[tuple[str, str]], plan: str = "enterprise") -> str:
     params = {
         "currency": "usd", "product_data[name]": "Acme volume overage",
-        "recurring[interval]": "month", "recurring[usage_type]": "metered", "recurring[meter]": "mtr_local_overage",
+        "recurring[interval]": "month", "recurring[usage_type]": "metered", "recurring[meter]": stripe.meter,
         "billing_scheme": "tiered", "tiers_mode": "volume",
         "metadata[plan]": plan, "metadata[included_units]": str(included_units),
     }
@@ -37,7 +37,7 @@ def test_a_deal_price_made_at_run_time_sets_the_allowance_and_bills_overage_on_i
     first = deal_price(stripe, 1_000, [("1000", "0.5"), ("inf", "0.25")])
     status, sub = stripe.call("POST", "/v1/subscriptions", {
         "customer": customer["id"], "metadata[account_id]": account,
-        "items[0][price]": "price_enterprise_monthly", "items[1][price]": first,
+        "items[0][price]": stripe.price("enterprise_monthly"), "items[1][price]": first,
     })
     assert status == 200, sub
     account_where(env, account, lambda a: a["plan"] == "enterprise" and a["included_units"] == 1_000, "the deal's allowance")
@@ -66,7 +66,7 @@ def test_a_deal_price_made_at_run_time_sets_the_allowance_and_bills_overage_on_i
     invoice = stripe.sim(f"subscriptions/{sub['id']}/renew")
     lines = {line["pricing"]["price_details"]["price"]: line for line in invoice["lines"]["data"]}
     assert (lines[second]["quantity"], lines[second]["amount"]) == (1_000, 400), lines[second]
-    assert lines["price_enterprise_monthly"]["amount"] == 99_900
+    assert lines[stripe.price("enterprise_monthly")]["amount"] == 99_900
 
 
 def test_a_deal_price_with_inconsistent_metadata_is_dead_lettered_and_changes_nothing(stack):

@@ -21,12 +21,12 @@ def account_where(env, account, predicate, what):
     return eventually(check, what=what)
 
 
-def subscribe(stripe: Stripe, account: str, price: str = "price_pro_monthly") -> dict:
+def subscribe(stripe: Stripe, account: str, price: str = "pro_monthly") -> dict:
     status, customer = stripe.call("POST", "/v1/customers", {"email": f"{account}@example.com", "metadata[account_id]": account})
     assert status == 200, customer
     status, session = stripe.call("POST", "/v1/checkout/sessions", {
         "mode": "subscription", "customer": customer["id"], "client_reference_id": account,
-        "line_items[0][price]": price, "line_items[0][quantity]": "1",
+        "line_items[0][price]": stripe.price(price), "line_items[0][quantity]": "1",
         "subscription_data[metadata][account_id]": account, "metadata[account_id]": account,
         "success_url": "https://app.example.com/ok", "cancel_url": "https://app.example.com/cancel",
     }, idempotency_key=f"checkout-{account}")
@@ -66,7 +66,7 @@ def test_a_credit_pack_is_granted_once_and_refunds_claw_back_exactly(stack):
     stripe.sim("delivery", {"duplicate": 2})
     try:
         status, session = stripe.call("POST", "/v1/checkout/sessions", {
-            "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
+            "mode": "payment", "client_reference_id": account, "line_items[0][price]": env["STRIPE_PRICE_CREDITS_1M"], "line_items[0][quantity]": "1",
             "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
             "payment_intent_data[metadata][account_id]": account,
         })
@@ -193,7 +193,7 @@ def test_the_same_event_re_signed_is_applied_once(stack):
     stripe.sim("delivery", {"paused": True})
     try:
         status, session = stripe.call("POST", "/v1/checkout/sessions", {
-            "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
+            "mode": "payment", "client_reference_id": account, "line_items[0][price]": env["STRIPE_PRICE_CREDITS_1M"], "line_items[0][quantity]": "1",
             "metadata[account_id]": account, "metadata[credit_pack]": "credits_small"})
         assert status == 200
         stripe.sim(f"checkout/sessions/{session['id']}/complete")
@@ -226,7 +226,7 @@ def test_a_redelivery_after_the_deduplication_window_is_applied_once(stack):
     env, state = stack
     stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
     status, session = stripe.call("POST", "/v1/checkout/sessions", {
-        "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
+        "mode": "payment", "client_reference_id": account, "line_items[0][price]": env["STRIPE_PRICE_CREDITS_1M"], "line_items[0][quantity]": "1",
         "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
         "payment_intent_data[metadata][account_id]": account,
     })
@@ -256,7 +256,7 @@ def test_a_customer_created_by_checkout_is_parked_then_named_on_the_account(stac
     env, state = stack
     stripe, account = Stripe(env), f"acct_{uuid.uuid4().hex[:10]}"
     status, session = stripe.call("POST", "/v1/checkout/sessions", {
-        "mode": "payment", "client_reference_id": account, "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
+        "mode": "payment", "client_reference_id": account, "line_items[0][price]": env["STRIPE_PRICE_CREDITS_1M"], "line_items[0][quantity]": "1",
         "customer_email": f"{account}@example.com",
         "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
         "payment_intent_data[metadata][account_id]": account,

@@ -49,7 +49,7 @@ def test_overage_reaches_the_meter_once(stack):
     now = int(time.time())
     start, end = now - now % 60 - 3600, now - now % 60 + 3600
     query = urllib.parse.urlencode({"customer": customer, "start_time": start, "end_time": end})
-    status, summaries = stripe.call("GET", f"/v1/billing/meters/mtr_local_overage/event_summaries?{query}")
+    status, summaries = stripe.call("GET", f"/v1/billing/meters/{stripe.meter}/event_summaries?{query}")
     assert status == 200, summaries
     assert summaries["data"][0]["aggregated_value"] == 123
 
@@ -90,3 +90,24 @@ def test_reconciliation_agrees_after_the_period_and_finds_a_planted_difference(s
     assert error == "Unhandled" and found["errorType"] == "NeedsAttention", found
     assert other in found["errorMessage"] and "recorded: 7" in found["errorMessage"] and "stripe: 10" in found["errorMessage"], found
     assert customer != other_customer
+
+
+def test_the_daily_run_alarms_when_stripe_stops_selling_what_the_catalog_sells(stack):
+    """The reconciler's daily run also checks the catalog against Stripe (not a cold start):
+    a price the catalog sells but Stripe has deactivated fails the run by name."""
+    env, _ = stack
+    stripe = Stripe(env)
+    price = stripe.price("credits_10m")
+    at = int(time.time())
+    fine, error = fire(env, "ReconcilerFunction", at)
+    assert error is None, fine
+    status, _ = stripe.call("POST", f"/v1/prices/{price}", {"active": "false"})
+    assert status == 200
+    try:
+        found, error = fire(env, "ReconcilerFunction", at)
+        assert error == "Unhandled" and found["errorType"] == "NeedsAttention", found
+        assert f"price `credits_10m` ({price}) is sold by the catalog but inactive in Stripe" in found["errorMessage"], found
+    finally:
+        assert stripe.call("POST", f"/v1/prices/{price}", {"active": "true"})[0] == 200
+    again, error = fire(env, "ReconcilerFunction", at)
+    assert error is None, again

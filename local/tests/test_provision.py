@@ -2,6 +2,7 @@
 
 import json
 import os
+import tomllib
 
 import pytest
 
@@ -176,15 +177,26 @@ def test_function_environment_is_resolved_from_the_template():
     assert [(r.method, r.path) for r in webhook.routes] == [("POST", "/webhooks/stripe")]
 
 
-def test_every_catalog_price_exists_in_the_local_stripe_account():
-    import tomllib
+def test_the_local_stack_sets_stripe_up_from_the_catalog(stack):
+    """The stack starts with an empty simulator and runs `make stripe-setup` on it: every price of
+    the catalog exists under its lookup key, the ids are in the table where checkout reads
+    them, and a second run changes nothing."""
+    import boto3
 
-    from stripe_sim import load_prices
+    from stripe_sim import set_up
     from template import ROOT
 
+    env, _ = stack
     catalog = tomllib.loads((ROOT / "catalog.toml").read_text())
-    prices = load_prices()
-    named = [p for plan in catalog["plans"] for p in plan["price_ids"]] + [p["price_id"] for p in catalog["credit_packs"]]
-    assert named and all(p in prices for p in named), set(named) - set(prices)
-    for pack in catalog["credit_packs"]:
-        assert prices[pack["price_id"]]["unit_amount"] == pack["amount"], pack["id"]
+    keys = sorted(catalog["prices"])
+    ddb = boto3.client("dynamodb", endpoint_url=env["LOCAL_DYNAMODB_ENDPOINT"], region_name="us-east-1",
+                       aws_access_key_id="testing", aws_secret_access_key="testing")
+    item = ddb.get_item(TableName=env["TABLE_NAME_BILLING_TABLE"],
+                        Key={"pk": {"S": "STRIPE#SETUP"}, "sk": {"S": "STRIPE#SETUP"}})["Item"]
+    recorded = {k: v["S"] for k, v in item["prices"]["M"].items()}
+    assert sorted(recorded) == keys
+    assert all(env[f"STRIPE_PRICE_{k.upper()}"] == recorded[k] for k in keys)
+    again = set_up(env["LOCAL_STRIPE_ENDPOINT"], env["WEBHOOK_URL"], table=None,
+                   meter_event_name="llm_overage_units", return_url="https://app.example.com/billing")
+    assert again.changes == [] and again.problems == []
+    assert again.ids["prices"] == recorded

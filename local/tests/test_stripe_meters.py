@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from stripe_sim import load_prices, serve
+from stripe_sim import serve, set_up
 from with_aws import free_port
 
 DAY = 86_400
@@ -19,8 +19,10 @@ DAY = 86_400
 @pytest.fixture()
 def sim():
     port = free_port()
-    simulator, server = serve(port, "http://127.0.0.1:9/unused", ["whsec_test"], load_prices())
+    simulator, server = serve(port, "http://127.0.0.1:9/unused", ["whsec_test"])
     simulator.delivery["paused"] = True  # no webhook endpoint here
+    # The account as `make stripe-setup` leaves it: the catalog's prices, the overage meter.
+    simulator.ids = set_up(f"http://127.0.0.1:{port}", "http://127.0.0.1:9/unused").ids
     yield simulator, f"http://127.0.0.1:{port}"
     server.shutdown()
 
@@ -93,7 +95,8 @@ def test_concurrent_events_for_one_customer_and_meter_are_answered_429(sim):
 def test_a_renewal_invoice_bills_the_ended_periods_meter_per_thousand_units_rounded_up(sim):
     s, base = sim
     cus = customer(base)
-    sub = s.create_subscription(cus, [{"price": "price_pro_monthly"}, {"price": "price_pro_overage"}], {})
+    pro, overage = s.ids["prices"]["pro_monthly"], s.ids["prices"]["pro_overage"]
+    sub = s.create_subscription(cus, [{"price": pro}, {"price": overage}], {})
     first = s.objects[sub["latest_invoice"]]
     assert first["amount_due"] == 4900, "the first invoice bills the base fee only"
     now = s.now()
@@ -103,21 +106,22 @@ def test_a_renewal_invoice_bills_the_ended_periods_meter_per_thousand_units_roun
 
     renewal = s.control("POST", ["subscriptions", sub["id"], "renew"], {})
     lines = {line["pricing"]["price_details"]["price"]: line for line in renewal["lines"]["data"]}
-    assert lines["price_pro_overage"]["quantity"] == 2_500
-    assert lines["price_pro_overage"]["amount"] == 3 * 200  # 2,500 units: three started thousands
-    assert lines["price_pro_overage"]["period"]["end"] == renewal["period_start"]
+    assert lines[overage]["quantity"] == 2_500
+    assert lines[overage]["amount"] == 3 * 200  # 2,500 units: three started thousands
+    assert lines[overage]["period"]["end"] == renewal["period_start"]
     assert renewal["amount_due"] == 4900 + 600
 
 
-def test_volume_tiers_price_the_whole_quantity_at_the_tier_it_reaches():
+def test_volume_tiers_price_the_whole_quantity_at_the_tier_it_reaches(sim):
     from stripe_sim import StripeSimulator
 
-    price = load_prices()["price_enterprise_overage_volume"]
+    s, _ = sim
+    price = s.prices[s.ids["prices"]["enterprise_overage_volume"]]
     amount = StripeSimulator.metered_amount
     assert amount(price, 0) == 0
     assert amount(price, 1_000) == 20  # 0.02 ¢ a unit
     assert amount(price, 10_000_000) == 200_000
     assert amount(price, 10_000_001) == 150_000  # 0.015 ¢ a unit from the first unit, rounded
     assert amount(price, 25) == 1  # 0.5 ¢ rounds half up
-    pro = load_prices()["price_pro_overage"]
+    pro = s.prices[s.ids["prices"]["pro_overage"]]
     assert (amount(pro, 1), amount(pro, 1_000), amount(pro, 1_001)) == (200, 200, 400)

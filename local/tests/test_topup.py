@@ -64,7 +64,7 @@ def test_twenty_uses_across_the_threshold_make_one_payment_and_a_decline_disarms
     # A 1M pack bought through Checkout, and a card saved in the portal.
     status, session = stripe.call("POST", "/v1/checkout/sessions", {
         "mode": "payment", "customer": customer["id"], "client_reference_id": account,
-        "line_items[0][price]": "price_credits_1m", "line_items[0][quantity]": "1",
+        "line_items[0][price]": stripe.price("credits_1m"), "line_items[0][quantity]": "1",
         "metadata[account_id]": account, "metadata[credit_pack]": "credits_small",
         "payment_intent_data[metadata][account_id]": account,
     })

@@ -27,14 +27,22 @@ pub enum CatalogError {
     InvalidId { entry: String },
     #[error("catalog {entry}: the id is used twice")]
     DuplicateId { entry: String },
-    #[error("catalog {entry}: Stripe price `{price_id}` is already used by {first}")]
+    #[error("catalog {entry}: price `{lookup_key}` is already used by {first}")]
     DuplicatePrice {
         entry: String,
-        price_id: String,
+        lookup_key: String,
         first: String,
     },
-    #[error("catalog {entry}: `{price_id}` is not a Stripe price id (price_...)")]
-    InvalidPriceId { entry: String, price_id: String },
+    #[error(
+        "catalog {entry}: `{lookup_key}` is not a price lookup key (1 to {MAX_ID_LEN} characters of a-z, 0-9, `_` and `-`)"
+    )]
+    InvalidLookupKey { entry: String, lookup_key: String },
+    #[error("catalog {entry}: price `{lookup_key}` has no [prices.{lookup_key}] definition")]
+    UndefinedPrice { entry: String, lookup_key: String },
+    #[error("catalog: price `{0}` is defined but no plan or credit pack uses it")]
+    UnusedPrice(String),
+    #[error("catalog price `{lookup_key}`: {reason}")]
+    InvalidPrice { lookup_key: String, reason: String },
     #[error("catalog: there must be a plan `free` with no Stripe prices and no overage")]
     FreePlan,
     #[error("catalog: `currency` must be a three-letter lower-case ISO code")]
@@ -64,14 +72,20 @@ pub struct Plan {
     pub included_units: u64,
     /// Whether usage beyond the allowance and credits is billed as overage (else it is uncovered).
     pub overage: bool,
-    pub price_ids: Vec<String>,
+    /// The Stripe prices checkout sells, by lookup key: the base (licensed) price first.
+    pub prices: Vec<String>,
+    /// Prices no longer sold that subscriptions may still be on: recognised, never sold.
+    pub retired_prices: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreditPack {
     pub id: String,
     pub name: String,
-    pub price_id: String,
+    /// The Stripe price checkout sells it at, by lookup key.
+    pub price: String,
+    /// Earlier prices of the pack: recognised, never sold.
+    pub retired_prices: Vec<String>,
     /// What the pack costs, in the catalog currency's minor unit.
     pub amount: u64,
     /// Units it grants.
@@ -96,11 +110,162 @@ pub const DEAL_INCLUDED_UNITS_KEY: &str = "included_units";
 /// when usage is added to it.
 const MAX_DEAL_UNITS: u64 = 1_000_000_000_000_000;
 
-/// A subscription item's price, as the catalog judges it: its id and the deal metadata it
-/// carries (`plan`, `included_units`), if any.
+/// How a Stripe price bills, as the catalog defines it (`[prices.<lookup_key>]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceDefinition {
+    pub lookup_key: String,
+    pub kind: PriceKind,
+    /// Per unit (or per `divide_by` units), in the currency's minor unit; None on tiers.
+    pub unit_amount: Option<u64>,
+    pub divide_by: Option<u64>,
+    /// `volume` or `graduated`, with its tiers; None per unit.
+    pub tiers_mode: Option<String>,
+    pub tiers: Vec<PriceTier>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PriceKind {
+    /// A recurring monthly fee.
+    Licensed,
+    /// Billed monthly in arrears from the overage meter.
+    Metered,
+    /// A one-off purchase.
+    OneTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PriceTier {
+    /// The tier's last unit; None for the last tier (`inf`).
+    pub up_to: Option<u64>,
+    /// Minor units per unit, as Stripe's decimal string (`"0.02"`).
+    pub unit_amount_decimal: String,
+}
+
+/// A price as Stripe has it, for the daily check that Stripe and the catalog agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StripePriceFacts {
+    pub id: String,
+    pub lookup_key: String,
+    pub active: bool,
+    pub currency: String,
+    /// None for a recurring price whose usage type is neither licensed nor metered.
+    pub kind: Option<PriceKind>,
+    pub unit_amount: Option<u64>,
+    pub divide_by: Option<u64>,
+    pub tiers_mode: Option<String>,
+    /// The meter a metered price bills from.
+    pub meter: Option<String>,
+}
+
+/// Where Stripe and the catalog disagree in a way that would lose money quietly.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CatalogMismatch {
+    #[error("price `{0}` is sold by the catalog but Stripe has no price with that lookup key")]
+    Missing(String),
+    #[error("price `{0}` ({1}) is sold by the catalog but inactive in Stripe: checkout fails")]
+    Inactive(String, String),
+    #[error("price `{key}` ({id}) bills {stripe} in Stripe, the catalog says {catalog}")]
+    Differs {
+        key: String,
+        id: String,
+        stripe: String,
+        catalog: String,
+    },
+    #[error(
+        "price `{key}` ({id}) bills from meter {meter:?}, not the overage meter {expected}: the reported overage is never invoiced"
+    )]
+    WrongMeter {
+        key: String,
+        id: String,
+        meter: Option<String>,
+        expected: String,
+    },
+}
+
+impl Catalog {
+    /// Every way the Stripe prices found by the catalog's lookup keys differ from what the
+    /// catalog sells: a missing or inactive price, another amount, type, currency, unit or tier
+    /// mode (a pack's amount among them), or a metered price on another meter than the one the
+    /// reporter sends to. Retired prices are not judged: nothing sells them.
+    pub fn check_stripe(
+        &self,
+        stripe: &[StripePriceFacts],
+        overage_meter: &str,
+    ) -> Vec<CatalogMismatch> {
+        let mut out = Vec::new();
+        for def in self.definitions.values() {
+            let key = &def.lookup_key;
+            if !self.is_sold(key) {
+                continue;
+            }
+            let Some(p) = stripe.iter().find(|p| &p.lookup_key == key) else {
+                out.push(CatalogMismatch::Missing(key.clone()));
+                continue;
+            };
+            if !p.active {
+                out.push(CatalogMismatch::Inactive(key.clone(), p.id.clone()));
+            }
+            let mut differs = |what: &str, stripe: String, catalog: String| {
+                if stripe != catalog {
+                    out.push(CatalogMismatch::Differs {
+                        key: key.clone(),
+                        id: p.id.clone(),
+                        stripe: format!("{what} {stripe}"),
+                        catalog: format!("{what} {catalog}"),
+                    });
+                }
+            };
+            differs(
+                "type",
+                format!("{:?}", p.kind),
+                format!("{:?}", Some(def.kind)),
+            );
+            differs("currency", p.currency.clone(), self.currency.clone());
+            differs(
+                "unit_amount",
+                format!("{:?}", p.unit_amount),
+                format!("{:?}", def.unit_amount),
+            );
+            differs(
+                "divide_by",
+                format!("{:?}", p.divide_by),
+                format!("{:?}", def.divide_by),
+            );
+            differs(
+                "tiers_mode",
+                format!("{:?}", p.tiers_mode),
+                format!("{:?}", def.tiers_mode),
+            );
+            if def.kind == PriceKind::Metered && p.meter.as_deref() != Some(overage_meter) {
+                out.push(CatalogMismatch::WrongMeter {
+                    key: key.clone(),
+                    id: p.id.clone(),
+                    meter: p.meter.clone(),
+                    expected: overage_meter.to_owned(),
+                });
+            }
+        }
+        out
+    }
+
+    /// The lookup keys of every price the catalog sells, for the check's Stripe reads.
+    pub fn sold_lookup_keys(&self) -> Vec<String> {
+        self.definitions
+            .keys()
+            .filter(|k| self.is_sold(k))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A subscription item's price, as the catalog judges it: its id, its lookup key and the deal
+/// metadata it carries (`plan`, `included_units`), if any.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PricedItem<'a> {
+    /// For messages: the Stripe price id.
     pub price_id: &'a str,
+    /// What the catalog knows it by.
+    pub lookup_key: Option<&'a str>,
     pub plan: Option<&'a str>,
     pub included_units: Option<&'a str>,
 }
@@ -159,8 +324,9 @@ pub struct Catalog {
     /// Names the rate card's content, stored with every usage record: a record keeps the price
     /// it was recorded at, and a changed card is visible as a new version.
     rate_card_version: String,
-    /// Stripe price id → (is a plan, index).
+    /// Price lookup key → (is a plan, index).
     prices: HashMap<String, (bool, usize)>,
+    definitions: BTreeMap<String, PriceDefinition>,
 }
 
 // --- the file's shape: unknown fields are errors, numbers are read signed to name negatives ---
@@ -172,7 +338,27 @@ struct RawCatalog {
     plans: Vec<RawPlan>,
     #[serde(default)]
     credit_packs: Vec<RawPack>,
+    #[serde(default)]
+    prices: BTreeMap<String, RawPrice>,
     rate_card: RawRateCard,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPrice {
+    #[serde(rename = "type")]
+    kind: String,
+    unit_amount: Option<i64>,
+    divide_by: Option<i64>,
+    tiers_mode: Option<String>,
+    tiers: Option<Vec<RawTier>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTier {
+    up_to: toml::Value,
+    unit_amount_decimal: String,
 }
 
 #[derive(Deserialize)]
@@ -182,7 +368,9 @@ struct RawPlan {
     name: String,
     included_units: i64,
     overage: bool,
-    price_ids: Vec<String>,
+    prices: Vec<String>,
+    #[serde(default)]
+    retired_prices: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -190,7 +378,9 @@ struct RawPlan {
 struct RawPack {
     id: String,
     name: String,
-    price_id: String,
+    price: String,
+    #[serde(default)]
+    retired_prices: Vec<String>,
     amount: i64,
     credits: i64,
 }
@@ -234,6 +424,94 @@ fn valid_id(entry: &str, id: &str) -> Result<(), CatalogError> {
     }
 }
 
+impl RawPrice {
+    fn validate(self, lookup_key: String) -> Result<PriceDefinition, CatalogError> {
+        let invalid = |reason: &str| CatalogError::InvalidPrice {
+            lookup_key: lookup_key.clone(),
+            reason: reason.to_owned(),
+        };
+        let entry = format!("price `{lookup_key}`");
+        let kind = match self.kind.as_str() {
+            "licensed" => PriceKind::Licensed,
+            "metered" => PriceKind::Metered,
+            "one_time" => PriceKind::OneTime,
+            _ => return Err(invalid("`type` must be licensed, metered or one_time")),
+        };
+        let unit_amount = self
+            .unit_amount
+            .map(|a| non_negative(&entry, "unit_amount", a))
+            .transpose()?;
+        let divide_by = self
+            .divide_by
+            .map(|d| non_negative(&entry, "divide_by", d))
+            .transpose()?;
+        if divide_by == Some(0) {
+            return Err(invalid("`divide_by` must be at least 1"));
+        }
+        let tiers = match (&self.tiers_mode, self.tiers) {
+            (None, None) => Vec::new(),
+            (Some(mode), Some(tiers)) if mode == "volume" || mode == "graduated" => {
+                if kind != PriceKind::Metered || unit_amount.is_some() || divide_by.is_some() {
+                    return Err(invalid(
+                        "tiers are for metered prices, without unit_amount or divide_by",
+                    ));
+                }
+                let mut out = Vec::with_capacity(tiers.len());
+                for (i, t) in tiers.iter().enumerate() {
+                    let up_to = match &t.up_to {
+                        toml::Value::String(s) if s == "inf" && i + 1 == tiers.len() => None,
+                        toml::Value::Integer(n) if *n > 0 && i + 1 < tiers.len() => Some(*n as u64),
+                        _ => {
+                            return Err(invalid(
+                                "each tier's `up_to` is a positive whole number, the last one \"inf\"",
+                            ));
+                        }
+                    };
+                    let ok = !t.unit_amount_decimal.is_empty()
+                        && t.unit_amount_decimal.bytes().filter(|b| *b == b'.').count() <= 1
+                        && t.unit_amount_decimal
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || b == b'.');
+                    if !ok {
+                        return Err(invalid(
+                            "a tier's `unit_amount_decimal` is a decimal number",
+                        ));
+                    }
+                    out.push(PriceTier {
+                        up_to,
+                        unit_amount_decimal: t.unit_amount_decimal.clone(),
+                    });
+                }
+                if out.is_empty() {
+                    return Err(invalid("tiers need at least one tier"));
+                }
+                out
+            }
+            _ => {
+                return Err(invalid(
+                    "`tiers_mode` (volume or graduated) goes with `tiers`",
+                ));
+            }
+        };
+        if tiers.is_empty() && unit_amount.is_none() {
+            return Err(invalid(
+                "a price needs `unit_amount` (or tiers, if metered)",
+            ));
+        }
+        if divide_by.is_some() && kind != PriceKind::Metered {
+            return Err(invalid("`divide_by` is for metered prices"));
+        }
+        Ok(PriceDefinition {
+            lookup_key,
+            kind,
+            unit_amount,
+            divide_by,
+            tiers_mode: self.tiers_mode,
+            tiers,
+        })
+    }
+}
+
 impl RawRate {
     fn validate(&self, entry: &str) -> Result<ModelRate, CatalogError> {
         let input = non_negative(entry, "input", self.input)?;
@@ -266,25 +544,40 @@ impl Catalog {
             return Err(CatalogError::Currency);
         }
 
+        let definitions = raw
+            .prices
+            .into_iter()
+            .map(|(key, p)| Ok((key.clone(), p.validate(key)?)))
+            .collect::<Result<BTreeMap<_, _>, CatalogError>>()?;
         let mut prices: HashMap<String, (bool, usize)> = HashMap::new();
         let mut owners: HashMap<String, String> = HashMap::new();
-        let mut claim = |entry: &str, price_id: &str, target: (bool, usize)| {
-            if !price_id.starts_with("price_") || price_id.len() > 128 {
-                return Err(CatalogError::InvalidPriceId {
+        let mut claim = |entry: &str, key: &str, target: (bool, usize)| {
+            if valid_id(entry, key).is_err() {
+                return Err(CatalogError::InvalidLookupKey {
                     entry: entry.to_owned(),
-                    price_id: price_id.to_owned(),
+                    lookup_key: key.to_owned(),
                 });
             }
-            if let Some(first) = owners.get(price_id) {
+            if !definitions.contains_key(key) {
+                return Err(CatalogError::UndefinedPrice {
+                    entry: entry.to_owned(),
+                    lookup_key: key.to_owned(),
+                });
+            }
+            if let Some(first) = owners.get(key) {
                 return Err(CatalogError::DuplicatePrice {
                     entry: entry.to_owned(),
-                    price_id: price_id.to_owned(),
+                    lookup_key: key.to_owned(),
                     first: first.clone(),
                 });
             }
-            owners.insert(price_id.to_owned(), entry.to_owned());
-            prices.insert(price_id.to_owned(), target);
+            owners.insert(key.to_owned(), entry.to_owned());
+            prices.insert(key.to_owned(), target);
             Ok(())
+        };
+        let invalid = |key: &str, reason: String| CatalogError::InvalidPrice {
+            lookup_key: key.to_owned(),
+            reason,
         };
 
         let mut plans = Vec::with_capacity(raw.plans.len());
@@ -294,19 +587,61 @@ impl Catalog {
             if plans.iter().any(|q: &Plan| q.id.0 == p.id) {
                 return Err(CatalogError::DuplicateId { entry });
             }
-            for price in &p.price_ids {
+            for price in p.prices.iter().chain(&p.retired_prices) {
                 claim(&entry, price, (true, i))?;
+            }
+            // What checkout sells must be a subscription Stripe accepts and bills as the plan
+            // says: one licensed base price, then metered prices, and overage only with one.
+            let kinds: Vec<PriceKind> = p.prices.iter().map(|k| definitions[k].kind).collect();
+            if let Some(first) = p.prices.first()
+                && kinds[0] != PriceKind::Licensed
+            {
+                return Err(invalid(
+                    first,
+                    format!("the {entry}'s first price must be licensed"),
+                ));
+            }
+            if let Some((k, _)) = p
+                .prices
+                .iter()
+                .zip(&kinds)
+                .skip(1)
+                .find(|(_, k)| **k != PriceKind::Metered)
+            {
+                return Err(invalid(
+                    k,
+                    format!("the {entry}'s prices after the first must be metered"),
+                ));
+            }
+            if let Some(k) = p
+                .prices
+                .iter()
+                .chain(&p.retired_prices)
+                .find(|k| definitions[*k].kind == PriceKind::OneTime)
+            {
+                return Err(invalid(
+                    k,
+                    format!("a one-time price cannot be the {entry}'s"),
+                ));
+            }
+            if p.overage != kinds.contains(&PriceKind::Metered) && !p.prices.is_empty() {
+                return Err(invalid(
+                    &p.prices[0],
+                    format!("the {entry} bills overage exactly when it has a metered price"),
+                ));
             }
             plans.push(Plan {
                 included_units: non_negative(&entry, "included_units", p.included_units)?,
                 id: PlanId(p.id),
                 name: p.name,
                 overage: p.overage,
-                price_ids: p.price_ids,
+                prices: p.prices,
+                retired_prices: p.retired_prices,
             });
         }
         match plans.iter().find(|p| p.id.0 == FREE_PLAN) {
-            Some(free) if free.price_ids.is_empty() && !free.overage => {}
+            Some(free)
+                if free.prices.is_empty() && free.retired_prices.is_empty() && !free.overage => {}
             _ => return Err(CatalogError::FreePlan),
         }
 
@@ -317,14 +652,31 @@ impl Catalog {
             if packs.iter().any(|q: &CreditPack| q.id == p.id) {
                 return Err(CatalogError::DuplicateId { entry });
             }
-            claim(&entry, &p.price_id, (false, i))?;
+            for price in std::iter::once(&p.price).chain(&p.retired_prices) {
+                claim(&entry, price, (false, i))?;
+            }
+            let amount = non_negative(&entry, "amount", p.amount)?;
+            let def = &definitions[&p.price];
+            // Checkout charges the price; the processor grants for the amount: they must agree.
+            if def.kind != PriceKind::OneTime || def.unit_amount != Some(amount) {
+                return Err(invalid(
+                    &p.price,
+                    format!(
+                        "the {entry} costs {amount}, so its price must be one_time at unit_amount = {amount}"
+                    ),
+                ));
+            }
             packs.push(CreditPack {
-                amount: non_negative(&entry, "amount", p.amount)?,
+                amount,
                 credits: non_negative(&entry, "credits", p.credits)?,
                 id: p.id,
                 name: p.name,
-                price_id: p.price_id,
+                price: p.price,
+                retired_prices: p.retired_prices,
             });
+        }
+        if let Some(unused) = definitions.keys().find(|k| !prices.contains_key(*k)) {
+            return Err(CatalogError::UnusedPrice(unused.clone()));
         }
 
         let default_rate = raw.rate_card.default.validate("rate card default")?;
@@ -349,7 +701,21 @@ impl Catalog {
             rates,
             rate_card_version,
             prices,
+            definitions,
         })
+    }
+
+    /// Every price the catalog defines, sold or retired, by lookup key.
+    pub fn price_definitions(&self) -> impl Iterator<Item = &PriceDefinition> {
+        self.definitions.values()
+    }
+
+    /// Whether a price is still sold (else it is retired).
+    pub fn is_sold(&self, lookup_key: &str) -> bool {
+        self.plans
+            .iter()
+            .any(|p| p.prices.iter().any(|k| k == lookup_key))
+            || self.packs.iter().any(|p| p.price == lookup_key)
     }
 
     pub fn plans(&self) -> &[Plan] {
@@ -376,9 +742,9 @@ impl Catalog {
         self.packs.iter().find(|p| p.id == id)
     }
 
-    /// What a Stripe price id is for, if the catalog knows it.
-    pub fn price(&self, price_id: &str) -> Option<PriceUse<'_>> {
-        self.prices.get(price_id).map(|&(is_plan, i)| {
+    /// What a price (by lookup key, sold or retired) is for, if the catalog knows it.
+    pub fn price(&self, lookup_key: &str) -> Option<PriceUse<'_>> {
+        self.prices.get(lookup_key).map(|&(is_plan, i)| {
             if is_plan {
                 PriceUse::Plan(&self.plans[i])
             } else {
@@ -402,7 +768,7 @@ impl Catalog {
         // (price id, plan, allowance from a deal's metadata)
         let mut named: Vec<(&str, &Plan, Option<u64>)> = Vec::new();
         for item in items {
-            let catalog_plan = match self.price(item.price_id) {
+            let catalog_plan = match item.lookup_key.and_then(|k| self.price(k)) {
                 Some(PriceUse::Plan(plan)) => Some(plan),
                 _ => None,
             };
@@ -474,6 +840,11 @@ impl Catalog {
         self.rates.get(model).copied().unwrap_or(self.default_rate)
     }
 
+    /// Whether the rate card lists `model` (else it is priced at the default rate).
+    pub fn lists_model(&self, model: &str) -> bool {
+        self.rates.contains_key(model)
+    }
+
     /// `rc_` and 16 hex digits of a hash of the resolved rate card: the same weights give the
     /// same version whatever the file's formatting or comments.
     pub fn rate_card_version(&self) -> &str {
@@ -510,14 +881,14 @@ mod tests {
                 .unwrap()
                 .map(|s| s.plan.id.as_str())
         };
-        assert_eq!(plan_of(&["price_pro_monthly"]), Some("pro"));
+        assert_eq!(plan_of(&["pro_monthly"]), Some("pro"));
         assert_eq!(
-            plan_of(&["price_unknown", "price_enterprise_overage_volume"]),
+            plan_of(&["price_unknown", "enterprise_overage_volume"]),
             Some("enterprise")
         );
         assert_eq!(plan_of(&["price_unknown"]), None);
         assert!(
-            matches!(c.price("price_credits_1m"), Some(PriceUse::CreditPack(p)) if p.credits == 1_000_000)
+            matches!(c.price("credits_1m"), Some(PriceUse::CreditPack(p)) if p.credits == 1_000_000)
         );
         assert_eq!(
             c.rate("gpt-4o"),
@@ -539,17 +910,20 @@ mod tests {
         );
     }
 
-    fn listed(price_id: &str) -> PricedItem<'_> {
+    /// A price found by its lookup key (ids are Stripe's business; here they match the key).
+    fn listed(key: &str) -> PricedItem<'_> {
         PricedItem {
-            price_id,
+            price_id: key,
+            lookup_key: Some(key),
             plan: None,
             included_units: None,
         }
     }
 
-    fn deal<'a>(price_id: &'a str, plan: &'a str, units: &'a str) -> PricedItem<'a> {
+    fn deal<'a>(key: &'a str, plan: &'a str, units: &'a str) -> PricedItem<'a> {
         PricedItem {
-            price_id,
+            price_id: key,
+            lookup_key: Some(key),
             plan: Some(plan),
             included_units: Some(units),
         }
@@ -570,7 +944,7 @@ mod tests {
         // Beside the catalog's base price of the same plan, the deal's allowance applies.
         let s = c
             .plan_for_items([
-                listed("price_enterprise_monthly"),
+                listed("enterprise_monthly"),
                 deal("price_acme_tiered", "enterprise", "0"),
             ])
             .unwrap()
@@ -578,7 +952,7 @@ mod tests {
         assert_eq!((s.plan.id.as_str(), s.included_units), ("enterprise", 0));
         // The catalog's own prices keep the catalog's allowance.
         let s = c
-            .plan_for_items([listed("price_pro_monthly"), listed("price_pro_overage")])
+            .plan_for_items([listed("pro_monthly"), listed("pro_overage")])
             .unwrap()
             .unwrap();
         assert_eq!((s.included_units, s.deal), (5_000_000, false));
@@ -628,11 +1002,8 @@ mod tests {
                 "`included_units` = `99999999999999999999`",
             ),
             (
-                &[
-                    listed("price_pro_monthly"),
-                    deal("price_x", "enterprise", "5"),
-                ],
-                "the subscription's prices disagree: `price_pro_monthly` names pro but `price_x` names enterprise",
+                &[listed("pro_monthly"), deal("price_x", "enterprise", "5")],
+                "the subscription's prices disagree: `pro_monthly` names pro but `price_x` names enterprise",
             ),
             (
                 &[
@@ -642,8 +1013,8 @@ mod tests {
                 "`price_x` includes 5 units but `price_y` includes 6",
             ),
             (
-                &[deal("price_pro_monthly", "enterprise", "5")],
-                "`price_pro_monthly` is the catalog's pro price but its metadata says enterprise",
+                &[deal("pro_monthly", "enterprise", "5")],
+                "`pro_monthly` is the catalog's pro price but its metadata says enterprise",
             ),
         ];
         for (items, reason) in cases {
@@ -662,9 +1033,9 @@ mod tests {
         ) {
             let c = Catalog::embedded().unwrap();
             let pool = [
-                listed("price_enterprise_monthly"),
-                listed("price_enterprise_overage_volume"),
-                listed("price_pro_monthly"),
+                listed("enterprise_monthly"),
+                listed("enterprise_overage_volume"),
+                listed("pro_monthly"),
                 deal("price_a", "enterprise", "7000"),
                 deal("price_b", "enterprise", "9000"),
                 listed("price_unknown"),
@@ -711,22 +1082,73 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_price_ids_name_both_entries() {
-        let err = with(|c| {
-            c.replace(
-                "price_id = \"price_credits_10m\"",
-                "price_id = \"price_pro_monthly\"",
-            )
-        })
-        .unwrap_err();
+    fn duplicate_prices_name_both_entries() {
+        let err =
+            with(|c| c.replace("price = \"credits_10m\"", "price = \"pro_monthly\"")).unwrap_err();
         assert_eq!(
             err,
             CatalogError::DuplicatePrice {
                 entry: "credit pack `credits_large`".into(),
-                price_id: "price_pro_monthly".into(),
+                lookup_key: "pro_monthly".into(),
                 first: "plan `pro`".into(),
             }
         );
+    }
+
+    #[test]
+    fn a_retired_price_is_recognised_and_never_sold() {
+        let c = with(|c| {
+            c.replace(
+                "prices = [\"pro_monthly\", \"pro_overage\"]",
+                "prices = [\"pro_monthly\", \"pro_overage\"]\nretired_prices = [\"pro_overage_2025\"]",
+            ) + "\n[prices.pro_overage_2025]\ntype = \"metered\"\nunit_amount = 300\ndivide_by = 1_000\n"
+        })
+        .unwrap();
+        let s = c
+            .plan_for_items([listed("pro_monthly"), listed("pro_overage_2025")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(s.plan.id.as_str(), "pro");
+        assert!(!c.is_sold("pro_overage_2025") && c.is_sold("pro_overage"));
+        assert_eq!(
+            c.plan("pro").unwrap().prices,
+            ["pro_monthly", "pro_overage"]
+        );
+    }
+
+    #[test]
+    fn every_price_is_defined_once_used_and_shaped_for_what_sells_it() {
+        let err = with(|c| c.replace("[prices.credits_10m]", "[prices.credits_ten]")).unwrap_err();
+        assert_eq!(
+            err,
+            CatalogError::UndefinedPrice {
+                entry: "credit pack `credits_large`".into(),
+                lookup_key: "credits_10m".into()
+            }
+        );
+        let err = with(|c| format!("{c}\n[prices.spare]\ntype = \"one_time\"\nunit_amount = 5\n"))
+            .unwrap_err();
+        assert_eq!(err, CatalogError::UnusedPrice("spare".into()));
+        // A pack's price charges what the pack grants for.
+        let err = with(|c| c.replace("unit_amount = 9_000", "unit_amount = 9_900")).unwrap_err();
+        assert!(err.to_string().contains("unit_amount = 9000"), "{err}");
+        // The base price first, then metered ones.
+        let err = with(|c| {
+            c.replace(
+                "prices = [\"pro_monthly\", \"pro_overage\"]",
+                "prices = [\"pro_overage\", \"pro_monthly\"]",
+            )
+        })
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("first price must be licensed"),
+            "{err}"
+        );
+        let err =
+            with(|c| c.replace("tiers_mode = \"volume\"", "tiers_mode = \"stairs\"")).unwrap_err();
+        assert!(err.to_string().contains("tiers_mode"), "{err}");
+        let err = with(|c| c.replace("{ up_to = \"inf\",", "{ up_to = 20_000_000,")).unwrap_err();
+        assert!(err.to_string().contains("\"inf\""), "{err}");
     }
 
     #[test]
@@ -740,7 +1162,7 @@ mod tests {
                 field: "included_units"
             }
         );
-        let err = with(|c| c.replace("amount = 9_000", "amount = -9_000")).unwrap_err();
+        let err = with(|c| c.replace("\namount = 9_000", "\namount = -9_000")).unwrap_err();
         assert_eq!(
             err,
             CatalogError::Negative {
@@ -769,8 +1191,11 @@ mod tests {
         );
         let err = with(|c| c.replace("id = \"free\"", "id = \"basic\"")).unwrap_err();
         assert_eq!(err, CatalogError::FreePlan);
-        let err = with(|c| c.replace("\"price_pro_overage\"", "\"prod_pro_overage\"")).unwrap_err();
-        assert!(matches!(err, CatalogError::InvalidPriceId { .. }), "{err}");
+        let err = with(|c| c.replace("\"pro_overage\"", "\"Pro Overage\"")).unwrap_err();
+        assert!(
+            matches!(err, CatalogError::InvalidLookupKey { .. }),
+            "{err}"
+        );
         let err =
             with(|c| c.replace("id = \"credits_small\"", "id = \"Credits Small\"")).unwrap_err();
         assert!(matches!(err, CatalogError::InvalidId { .. }), "{err}");
@@ -782,5 +1207,66 @@ mod tests {
             Catalog::parse("not toml ["),
             Err(CatalogError::Syntax(_))
         ));
+    }
+
+    fn as_stripe_has_it(c: &Catalog, meter: &str) -> Vec<StripePriceFacts> {
+        c.price_definitions()
+            .map(|d| StripePriceFacts {
+                id: format!("price_{}", d.lookup_key),
+                lookup_key: d.lookup_key.clone(),
+                active: true,
+                currency: "usd".into(),
+                kind: Some(d.kind),
+                unit_amount: d.unit_amount,
+                divide_by: d.divide_by,
+                tiers_mode: d.tiers_mode.clone(),
+                meter: (d.kind == PriceKind::Metered).then(|| meter.to_owned()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stripe_agreeing_with_the_catalog_has_no_mismatch() {
+        let c = Catalog::embedded().unwrap();
+        assert_eq!(
+            c.check_stripe(&as_stripe_has_it(&c, "mtr_1"), "mtr_1"),
+            vec![]
+        );
+        assert_eq!(c.sold_lookup_keys().len(), 6);
+    }
+
+    #[test]
+    fn each_difference_that_would_lose_money_is_named() {
+        let c = Catalog::embedded().unwrap();
+        let mut stripe = as_stripe_has_it(&c, "mtr_1");
+        let at = |s: &mut Vec<StripePriceFacts>, key: &str| {
+            s.iter().position(|p| p.lookup_key == key).unwrap()
+        };
+        let i = at(&mut stripe, "credits_10m");
+        stripe[i].unit_amount = Some(8_000); // a pack sold below what it grants for
+        let i = at(&mut stripe, "pro_overage");
+        stripe[i].meter = Some("mtr_old".into()); // overage reported to a meter nothing bills
+        let i = at(&mut stripe, "pro_monthly");
+        stripe[i].active = false;
+        let i = at(&mut stripe, "enterprise_monthly");
+        stripe.remove(i);
+        let found = c.check_stripe(&stripe, "mtr_1");
+        let text: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 4, "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains("`credits_10m`") && t.contains("unit_amount Some(8000)")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("`pro_overage`") && t.contains("mtr_old")),
+            "{text:?}"
+        );
+        assert!(found.contains(&CatalogMismatch::Inactive(
+            "pro_monthly".into(),
+            "price_pro_monthly".into()
+        )));
+        assert!(found.contains(&CatalogMismatch::Missing("enterprise_monthly".into())));
     }
 }

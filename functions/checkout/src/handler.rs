@@ -84,7 +84,8 @@ impl<S: BillingStore, C: CheckoutApi> CheckoutHandler<S, C> {
         ))?;
         let account =
             AccountId::parse(raw).map_err(|e| bad("invalid_account_id", e.to_string()))?;
-        let order = self.order(request)?;
+        let mut order = self.order(request)?;
+        self.resolve_prices(&mut order.purchase).await?;
         let key = idempotency_key(
             request,
             "checkout",
@@ -157,6 +158,47 @@ impl<S: BillingStore, C: CheckoutApi> CheckoutHandler<S, C> {
         Ok(json!({ "url": session.url, "session_id": session.id }))
     }
 
+    /// The catalog names prices by lookup key; Stripe's checkout takes ids, which
+    /// `make stripe-setup` recorded for this stack's Stripe account.
+    async fn resolve_prices(&self, purchase: &mut Purchase) -> Result<(), Refusal> {
+        let ids = self.store.stripe_prices().await.map_err(|e| {
+            error!(error = %e, "reading the Stripe setup failed");
+            (503, "unavailable", "try again".to_owned())
+        })?;
+        let not_set_up = |key: &str| {
+            error!(
+                lookup_key = key,
+                "no Stripe price is recorded for a catalog price: run make stripe-setup"
+            );
+            (
+                503,
+                "stripe_not_set_up",
+                format!(
+                    "Stripe has no price for `{key}` in this stack: run `make stripe-setup` (README, Deploy)"
+                ),
+            )
+        };
+        let resolve = |key: &mut String| -> Result<(), Refusal> {
+            let id = ids
+                .as_ref()
+                .and_then(|ids| ids.get(key.as_str()))
+                .ok_or_else(|| not_set_up(key))?;
+            *key = id.clone();
+            Ok(())
+        };
+        match purchase {
+            Purchase::Plan {
+                base_price,
+                metered_prices,
+                ..
+            } => {
+                resolve(base_price)?;
+                metered_prices.iter_mut().try_for_each(resolve)
+            }
+            Purchase::CreditPack { price_id, .. } => resolve(price_id),
+        }
+    }
+
     fn order(&self, request: &ApiGatewayV2httpRequest) -> Result<Order, Refusal> {
         let body = json_body(request).map_err(|e| bad("invalid_body", e))?;
         if let Some(unknown) = body.keys().find(|k| !FIELDS.contains(&k.as_str())) {
@@ -180,7 +222,7 @@ impl<S: BillingStore, C: CheckoutApi> CheckoutHandler<S, C> {
                     bad("unknown_plan", format!("there is no plan named {plan:?}"))
                 })?;
                 // By the catalog's convention: the base fee first, then metered prices.
-                let Some((base, metered)) = p.price_ids.split_first() else {
+                let Some((base, metered)) = p.prices.split_first() else {
                     return Err(bad(
                         "plan_not_for_sale",
                         format!(
@@ -203,7 +245,7 @@ impl<S: BillingStore, C: CheckoutApi> CheckoutHandler<S, C> {
                 })?;
                 Purchase::CreditPack {
                     pack_id: p.id.clone(),
-                    price_id: p.price_id.clone(),
+                    price_id: p.price.clone(),
                 }
             }
             _ => {

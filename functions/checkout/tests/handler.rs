@@ -15,12 +15,45 @@ use shared::store::{BillingStore, EventRecord, InMemoryBillingStore, WriteMode};
 
 type Handler = CheckoutHandler<InMemoryBillingStore, FakeCheckout>;
 
+/// What `make stripe-setup` records: here each lookup key `x` was given the id `price_x`.
+fn set_up_store() -> InMemoryBillingStore {
+    let store = InMemoryBillingStore::new();
+    let catalog = Catalog::embedded().unwrap();
+    store.set_stripe_prices(
+        catalog
+            .price_definitions()
+            .map(|p| (p.lookup_key.clone(), format!("price_{}", p.lookup_key)))
+            .collect(),
+    );
+    store
+}
+
 fn handler() -> Handler {
     CheckoutHandler::new(
-        InMemoryBillingStore::new(),
+        set_up_store(),
         FakeCheckout::default(),
         Catalog::embedded().unwrap(),
     )
+}
+
+#[tokio::test]
+async fn before_stripe_is_set_up_checkout_says_so_and_calls_nothing() {
+    let h = CheckoutHandler::new(
+        InMemoryBillingStore::new(),
+        FakeCheckout::default(),
+        Catalog::embedded().unwrap(),
+    );
+    let (status, body) = call(&h, request(plan("pro"))).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "stripe_not_set_up");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("`pro_monthly`"),
+        "{body}"
+    );
+    assert!(h.stripe().sessions().is_empty());
 }
 
 fn sample() -> ApiGatewayV2httpRequest {

@@ -220,10 +220,6 @@ impl<S: BillingStore, P: StripeApi> Processor<S, P> {
         now: i64,
     ) -> Result<Outcome, ProcessError> {
         let effects = plan_effects(event, &self.catalog)?;
-        if let Some(alert) = &effects.alert {
-            // An alarm-worthy line: the template's metric filter counts `"alarm":true`.
-            error!(alarm = true, event_id = %event.id, event_type = %event.event_type, "{alert}");
-        }
         let account = match &effects.account {
             AccountRef::Known(a) => Some(a.clone()),
             AccountRef::Customer(c) if !effects.writes.is_empty() => {

@@ -12,6 +12,7 @@
 
 use std::time::{Duration, Instant};
 
+use shared::catalog::{Catalog, CatalogMismatch};
 use shared::ids::AccountId;
 use shared::metering::{PeriodFigures, Reconciled, SETTLE_SECS, reconcile, summary_window};
 use shared::retry::full_jitter;
@@ -206,6 +207,34 @@ impl<S: MeteringStore, M: MeterReadApi> Reconciler<S, M> {
             "reconciliation run"
         );
         Ok(summary)
+    }
+
+    /// The daily check that Stripe sells what the catalog says (`Catalog::check_stripe`): each
+    /// sold price under its lookup key, active, at the catalog's amount, type, unit and tiers,
+    /// metered ones on the overage meter. Each mismatch is an alarm line naming the price; the
+    /// caller fails the run on any, so the metering alarm fires the day it appears, not weeks
+    /// later as a dead letter per purchase or an invoice without its overage.
+    pub async fn check_catalog(
+        &self,
+        catalog: &Catalog,
+        deadline: Instant,
+    ) -> Result<Vec<CatalogMismatch>, RunError> {
+        let meter = self
+            .read(deadline, || self.meter.find_meter(&self.config.event_name))
+            .await?
+            .ok_or_else(|| RunError::NoMeter(self.config.event_name.clone()))?;
+        let keys = catalog.sold_lookup_keys();
+        let prices = self.read(deadline, || self.meter.prices(&keys)).await?;
+        let mismatches = catalog.check_stripe(&prices, &meter);
+        for m in &mismatches {
+            error!(alarm = true, check = "catalog", mismatch = %m, "Stripe and catalog.toml disagree");
+        }
+        info!(
+            prices = keys.len(),
+            mismatches = mismatches.len(),
+            "catalog check"
+        );
+        Ok(mismatches)
     }
 
     /// One Stripe read, retried on 429 and 5xx with backoff and jitter while the run's deadline

@@ -21,6 +21,7 @@ async fn main() -> Result<(), Error> {
         env.meter,
     );
     let reconciler = &reconciler;
+    let catalog = &shared::catalog::Catalog::embedded()?;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         let deadline = shared::clock::instant_of_unix_millis(event.context.deadline);
         let now = scheduled_time(&event.payload).unwrap_or_else(shared::clock::unix_now);
@@ -34,10 +35,18 @@ async fn main() -> Result<(), Error> {
                 .into(),
                 error_message: e.to_string(),
             })?;
-        if summary.needs_attention() {
+        let mismatches = reconciler
+            .check_catalog(catalog, deadline)
+            .await
+            .map_err(|e| Diagnostic {
+                error_type: "RetryableError".into(),
+                error_message: format!("the catalog check: {e}"),
+            })?;
+        if summary.needs_attention() || !mismatches.is_empty() {
+            let names: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
             return Err(Diagnostic {
                 error_type: "NeedsAttention".into(),
-                error_message: format!("{summary:?}"),
+                error_message: format!("{summary:?}; catalog: {names:?}"),
             });
         }
         Ok::<Value, Diagnostic>(json!({

@@ -224,3 +224,57 @@ async fn figures_read_before_the_reporter_moved_the_report_are_not_recorded() {
     assert!(!written, "the report's confirmed total is 10, not 9");
     assert_eq!(s.store().reconcile_due().await.unwrap().len(), 1);
 }
+
+/// The prices as `make stripe-setup` leaves them in Stripe, with `edit` applied to one.
+fn stripe_prices(catalog: &Catalog, meter: &str) -> Vec<shared::catalog::StripePriceFacts> {
+    catalog
+        .price_definitions()
+        .map(|d| shared::catalog::StripePriceFacts {
+            id: format!("price_{}", d.lookup_key),
+            lookup_key: d.lookup_key.clone(),
+            active: true,
+            currency: catalog.currency.clone(),
+            kind: Some(d.kind),
+            unit_amount: d.unit_amount,
+            divide_by: d.divide_by,
+            tiers_mode: d.tiers_mode.clone(),
+            meter: (d.kind == shared::catalog::PriceKind::Metered).then(|| meter.to_owned()),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_daily_check_finds_a_pack_sold_below_its_grant_and_overage_on_another_meter() {
+    let (s, _) = Setup::new("reconcile-catalog", 1).await;
+    let catalog = Catalog::embedded().unwrap();
+    let r = s.reconciler();
+    // The fake's meter is `mtr_fake`: agreeing prices give nothing to report.
+    s.meter.set_prices(stripe_prices(&catalog, "mtr_fake"));
+    assert_eq!(r.check_catalog(&catalog, far()).await.unwrap(), vec![]);
+
+    let mut prices = stripe_prices(&catalog, "mtr_fake");
+    for p in &mut prices {
+        match p.lookup_key.as_str() {
+            "credits_1m" => p.unit_amount = Some(500),
+            "enterprise_overage_volume" => p.meter = Some("mtr_retired".into()),
+            _ => {}
+        }
+    }
+    s.meter.set_prices(prices);
+    let found: Vec<String> = r
+        .check_catalog(&catalog, far())
+        .await
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!(
+        found[0].contains("`credits_1m`") && found[0].contains("unit_amount Some(500)"),
+        "{found:?}"
+    );
+    assert!(
+        found[1].contains("`enterprise_overage_volume`") && found[1].contains("mtr_retired"),
+        "{found:?}"
+    );
+}

@@ -224,7 +224,37 @@ impl<S: UsageStore> UsageHandler<S> {
         let span = tracing::Span::current();
         span.record("action", request.action());
         span.record("account_id", account.as_str());
-        match &request {
+        let mut answer = self
+            .answer_request(&request, &account, now, deadline)
+            .await?;
+        if let (Some(call), Some(fields)) = (request.call(), answer.as_object_mut()) {
+            // Which rate priced the call, so a model missing from the rate card is never
+            // priced at the default silently; the log line is what the UnlistedModels metric counts.
+            let model = call.model.as_str();
+            let listed = self.catalog.lists_model(model);
+            if !listed {
+                warn!(
+                    unlisted_model = true,
+                    model, "a model not in the rate card, priced at the default rate"
+                );
+            }
+            fields.insert(
+                "rate".into(),
+                json!({ "model": if listed { model } else { "default" }, "rate_card": self.catalog.rate_card_version() }),
+            );
+        }
+        Ok(answer)
+    }
+
+    async fn answer_request(
+        &self,
+        request: &UsageRequest,
+        account: &AccountId,
+        now: i64,
+        deadline: Instant,
+    ) -> Result<Value, UsageError> {
+        let account = account.clone();
+        match request {
             UsageRequest::Check { call, .. } => {
                 let units = self.units_of(call)?;
                 let state = self.store.load(&account).await?;
@@ -253,7 +283,7 @@ impl<S: UsageStore> UsageHandler<S> {
                 };
                 let answer = {
                     let _mine = turn.lock().await;
-                    self.write(&request, &account, now, deadline).await
+                    self.write(request, &account, now, deadline).await
                 };
                 let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
                 // Forget the account's turn once nobody else is waiting for it.

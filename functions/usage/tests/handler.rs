@@ -194,7 +194,8 @@ async fn holds_settle_release_and_expire_with_their_statuses() {
     let refused = call(&h, reserve("q2", 41, 30)).await;
     assert_eq!(
         refused,
-        json!({"status":"refused","allowed":false,"reason":"insufficient_balance","balance":refused["balance"].clone()})
+        json!({"status":"refused","allowed":false,"reason":"insufficient_balance","balance":refused["balance"].clone(),
+               "rate":{"model":"default","rate_card":refused["rate"]["rate_card"].clone()}})
     );
     // Settle for less than held.
     let rid = r1["reservation_id"].as_str().unwrap();
@@ -473,4 +474,30 @@ async fn a_table_too_slow_for_the_deadline_gives_a_retryable_answer_in_time() {
     assert!(err.to_string().contains("same request id"), "{err}");
     // Answered before the deadline, on the paused clock: nothing waited the full minute.
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn the_answer_says_which_rate_priced_the_call_and_an_unlisted_model_gets_the_default() {
+    let store = Store::default();
+    let h = handler(&store);
+    let version = Catalog::embedded().unwrap().rate_card_version().to_owned();
+    let listed = call(&h, track("acct_rates", "r1", 10, 10)).await;
+    assert_eq!(
+        listed["rate"],
+        json!({"model": "gpt-4o-mini", "rate_card": version})
+    );
+    // gpt-4o-mini is 1 in / 2 out; an unlisted model costs the default 1 / 1.
+    assert_eq!(listed["units"], 30);
+    let unlisted = json!({"action":"track","account_id":"acct_rates","request_id":"r2","model":"brand-new-model","input_tokens":10,"output_tokens":10});
+    let answer = call(&h, unlisted).await;
+    assert_eq!(
+        answer["rate"],
+        json!({"model": "default", "rate_card": version})
+    );
+    assert_eq!(answer["units"], 20);
+    let checked = call(&h, json!({"action":"check","account_id":"acct_rates","model":"brand-new-model","input_tokens":1,"output_tokens":0})).await;
+    assert_eq!(checked["rate"]["model"], "default");
+    // Calls that price nothing say nothing about rates.
+    let balance = call(&h, json!({"action":"balance","account_id":"acct_rates"})).await;
+    assert!(balance.get("rate").is_none(), "{balance}");
 }

@@ -124,8 +124,6 @@ impl Write {
 pub struct Effects {
     pub account: AccountRef,
     pub writes: Vec<Write>,
-    /// Worth an operator's attention (an alarm-worthy log), beyond what is written.
-    pub alert: Option<String>,
 }
 
 /// An event that can never be applied as it is: retrying will not help, so it is dead-lettered
@@ -169,7 +167,6 @@ fn account_from(
 
 /// Decides the writes for `event`.
 pub fn plan_effects(event: &StripeEvent, catalog: &Catalog) -> Result<Effects, PlanError> {
-    let mut alert = None;
     let (account, writes) = match &event.data {
         EventData::CheckoutCompleted(s) | EventData::CheckoutAsyncPaymentSucceeded(s) => {
             checkout(s, catalog)?
@@ -226,17 +223,9 @@ pub fn plan_effects(event: &StripeEvent, catalog: &Catalog) -> Result<Effects, P
             (account, writes)
         }
         EventData::PaymentIntentSucceeded(p) => topup_payment(p, catalog)?,
-        EventData::MeterErrorReport(_) => {
-            alert = Some("Stripe reported meter events it could not apply".to_owned());
-            (AccountRef::Unknown, Vec::new())
-        }
         EventData::Unhandled => (AccountRef::Unknown, Vec::new()),
     };
-    Ok(Effects {
-        account,
-        writes,
-        alert,
-    })
+    Ok(Effects { account, writes })
 }
 
 fn checkout(s: &CheckoutSession, catalog: &Catalog) -> Result<(AccountRef, Vec<Write>), PlanError> {
@@ -342,6 +331,7 @@ fn subscription(
     let subscribed = catalog
         .plan_for_items(s.prices().map(|p| PricedItem {
             price_id: &p.id,
+            lookup_key: p.lookup_key.as_deref(),
             plan: p.metadata(DEAL_PLAN_KEY),
             included_units: p.metadata(DEAL_INCLUDED_UNITS_KEY),
         }))?

@@ -10,7 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::{
     AccountView, ApplyResult, BillingStore, DunningView, EventRecord, InvoiceView, NO_ACCOUNT,
-    ParkResult, ParkedEvent, StoreError, SubscriptionView, WriteMode,
+    ParkResult, ParkedEvent, StoreError, StripePrices, SubscriptionView, WriteMode,
 };
 use crate::billing::credits::{Grant, clawback, grant_after_refund, unspent_of};
 use crate::billing::ordering::{SubscriptionVersion, judge, judge_subscription};
@@ -64,6 +64,7 @@ struct State {
     ledger: HashMap<(AccountId, String), LedgerEntry>,
     /// Events parked per customer, by event id: (created, raw).
     parked: HashMap<String, HashMap<String, (i64, Vec<u8>)>>,
+    stripe_prices: Option<StripePrices>,
 }
 
 #[derive(Debug, Default)]
@@ -78,6 +79,11 @@ impl InMemoryBillingStore {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What `make stripe-setup` records: each lookup key's price id.
+    pub fn set_stripe_prices(&self, prices: StripePrices) {
+        self.lock().stripe_prices = Some(prices);
     }
 
     /// The auto top-up claims whose payments the processor granted, in order.
@@ -434,6 +440,10 @@ impl BillingStore for InMemoryBillingStore {
             .links
             .insert(customer_id.to_owned(), account.clone());
         Ok(())
+    }
+
+    async fn stripe_prices(&self) -> Result<Option<StripePrices>, StoreError> {
+        Ok(self.lock().stripe_prices.clone())
     }
 
     async fn invoices(&self, account: &AccountId) -> Result<Vec<InvoiceView>, StoreError> {

@@ -209,7 +209,17 @@ pub trait BillingStore {
         customer_id: &str,
         account: &AccountId,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The Stripe price ids `make stripe-setup` recorded for this account's lookup keys, or
+    /// None before it has run.
+    fn stripe_prices(
+        &self,
+    ) -> impl Future<Output = Result<Option<StripePrices>, StoreError>> + Send;
 }
+
+/// Stripe price ids by the catalog's lookup keys, as `make stripe-setup` resolved them in this
+/// stack's Stripe account (test or live mode: the catalog is the same, the ids are not).
+pub type StripePrices = std::collections::BTreeMap<String, String>;
 
 /// Newest billing period first; the invoice id breaks ties so the order is stable.
 pub(crate) fn sort_invoices(invoices: &mut [InvoiceView]) {

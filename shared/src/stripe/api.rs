@@ -143,7 +143,7 @@ impl RealStripe {
         self.get_with(path, None, what).await
     }
 
-    async fn get_with(
+    pub(crate) async fn get_with(
         &self,
         path: String,
         query: Option<serde_json::Value>,

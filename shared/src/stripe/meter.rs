@@ -17,6 +17,7 @@ use stripe_billing::billing_meter_event_summary::ListIdBillingMeterEventSummary;
 use stripe_client_core::RequestStrategy;
 
 use super::api::RealStripe;
+use crate::catalog::{PriceKind, StripePriceFacts};
 use crate::config::{ConfigError, EnvSource, required};
 use crate::metering::Claim;
 use crate::secrets::StripeMode;
@@ -108,6 +109,44 @@ pub trait MeterReadApi {
         start: i64,
         end: i64,
     ) -> impl Future<Output = Result<u64, MeterError>> + Send;
+
+    /// The prices Stripe has under these lookup keys (the daily catalog check).
+    fn prices(
+        &self,
+        lookup_keys: &[String],
+    ) -> impl Future<Output = Result<Vec<StripePriceFacts>, MeterError>> + Send;
+}
+
+/// A price from Stripe's JSON, as the catalog check compares it.
+fn price_facts(p: &serde_json::Value) -> Option<StripePriceFacts> {
+    let recurring = p.get("recurring").filter(|r| !r.is_null());
+    let kind = match (
+        p.get("type")?.as_str()?,
+        recurring.and_then(|r| r.get("usage_type")?.as_str()),
+    ) {
+        ("one_time", _) => Some(PriceKind::OneTime),
+        (_, Some("licensed")) => Some(PriceKind::Licensed),
+        (_, Some("metered")) => Some(PriceKind::Metered),
+        _ => None,
+    };
+    Some(StripePriceFacts {
+        id: p.get("id")?.as_str()?.to_owned(),
+        lookup_key: p.get("lookup_key")?.as_str()?.to_owned(),
+        active: p.get("active")?.as_bool()?,
+        currency: p.get("currency")?.as_str()?.to_owned(),
+        kind,
+        unit_amount: p.get("unit_amount").and_then(serde_json::Value::as_u64),
+        divide_by: p
+            .get("transform_quantity")
+            .and_then(|t| t.get("divide_by")?.as_u64()),
+        tiers_mode: p
+            .get("tiers_mode")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned),
+        meter: recurring
+            .and_then(|r| r.get("meter")?.as_str())
+            .map(str::to_owned),
+    })
 }
 
 fn stripe_error(e: stripe::StripeError) -> MeterError {
@@ -123,6 +162,27 @@ fn stripe_error(e: stripe::StripeError) -> MeterError {
 }
 
 impl MeterReadApi for RealStripe {
+    async fn prices(&self, lookup_keys: &[String]) -> Result<Vec<StripePriceFacts>, MeterError> {
+        let mut out = Vec::new();
+        // Stripe takes at most 10 lookup keys per list.
+        for keys in lookup_keys.chunks(10) {
+            let page = self
+                .get_with(
+                    "/prices".into(),
+                    Some(serde_json::json!({ "lookup_keys": keys, "limit": 100 })),
+                    "the catalog's prices".into(),
+                )
+                .await
+                .map_err(|e| MeterError::Retryable(e.to_string()))?;
+            let data = page
+                .get("data")
+                .and_then(serde_json::Value::as_array)
+                .ok_or_else(|| MeterError::Rejected("a price list without `data`".into()))?;
+            out.extend(data.iter().filter_map(price_facts));
+        }
+        Ok(out)
+    }
+
     async fn find_meter(&self, event_name: &str) -> Result<Option<String>, MeterError> {
         let mut request = ListBillingMeter::new().limit(100);
         loop {
@@ -218,9 +278,16 @@ struct FakeMeterState {
     summary_calls: usize,
     /// Answers for the next calls, in order, before any is accepted.
     scripted: Vec<MeterError>,
+    /// The account's prices, for the catalog check.
+    prices: Vec<StripePriceFacts>,
 }
 
 impl FakeMeter {
+    /// The account's prices, as the catalog check will read them.
+    pub fn set_prices(&self, prices: Vec<StripePriceFacts>) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).prices = prices;
+    }
+
     /// The next `n` calls fail with `error` (a 429 storm, a 5xx, a refusal).
     pub fn fail_next(&self, n: usize, error: MeterError) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -281,6 +348,15 @@ impl MeterApi for FakeMeter {
 
 /// The fake's one meter is found under any event name, as `mtr_fake`.
 impl MeterReadApi for FakeMeter {
+    async fn prices(&self, lookup_keys: &[String]) -> Result<Vec<StripePriceFacts>, MeterError> {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(s.prices
+            .iter()
+            .filter(|p| lookup_keys.contains(&p.lookup_key))
+            .cloned()
+            .collect())
+    }
+
     async fn find_meter(&self, _event_name: &str) -> Result<Option<String>, MeterError> {
         Ok(Some("mtr_fake".into()))
     }
@@ -321,6 +397,13 @@ impl<T: MeterReadApi + Send + Sync> MeterReadApi for std::sync::Arc<T> {
         end: i64,
     ) -> impl Future<Output = Result<u64, MeterError>> + Send {
         (**self).total(meter_id, customer_id, start, end)
+    }
+
+    fn prices(
+        &self,
+        lookup_keys: &[String],
+    ) -> impl Future<Output = Result<Vec<StripePriceFacts>, MeterError>> + Send {
+        (**self).prices(lookup_keys)
     }
 }
 

@@ -94,6 +94,16 @@ impl UsageRequest {
         }
     }
 
+    /// The model call a request prices, if it prices one.
+    pub fn call(&self) -> Option<&Call> {
+        match self {
+            Self::Track { call, .. } | Self::Check { call, .. } | Self::Reserve { call, .. } => {
+                Some(call)
+            }
+            Self::Release { .. } | Self::Balance { .. } => None,
+        }
+    }
+
     pub fn action(&self) -> &'static str {
         match self {
             Self::Track { .. } => "track",

@@ -42,6 +42,8 @@ pub fn subscription(id: &str, status: &str, price: &str) -> Value {
     s["cancel_at_period_end"] = json!(false);
     s["metadata"] = json!({ "account_id": ACCOUNT });
     s["items"]["data"][0]["price"]["id"] = json!(price);
+    // The catalog knows its prices by lookup key; here a price `price_x` carries the key `x`.
+    s["items"]["data"][0]["price"]["lookup_key"] = json!(price.strip_prefix("price_"));
     s["items"]["data"][0]["current_period_start"] = json!(NOW);
     s["items"]["data"][0]["current_period_end"] = json!(NOW + 30 * 86_400);
     s
@@ -156,6 +158,8 @@ pub fn deal_subscription(id: &str, price: &str, plan: &str, included_units: &str
     let mut s = subscription(id, "active", price);
     s["items"]["data"][0]["price"]["metadata"] =
         json!({ "plan": plan, "included_units": included_units });
+    // Made in Stripe for one customer, with no catalog lookup key.
+    s["items"]["data"][0]["price"]["lookup_key"] = Value::Null;
     s["items"]["data"][0]["price"]["billing_scheme"] = json!("tiered");
     s["items"]["data"][0]["price"]["tiers_mode"] = json!("volume");
     s

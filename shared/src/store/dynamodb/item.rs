@@ -47,6 +47,12 @@ pub(super) fn account_pk(a: &AccountId) -> String {
     format!("ACCOUNT#{a}")
 }
 
+/// The one item `make stripe-setup` writes: the ids its Stripe account gave the catalog's prices
+/// (`prices`, a map of lookup key to price id), its meter, endpoint and portal configuration.
+pub(super) fn stripe_setup_key() -> Item {
+    key("STRIPE#SETUP".to_owned(), "STRIPE#SETUP")
+}
+
 pub(super) fn account_key(a: &AccountId) -> Item {
     key(account_pk(a), "ACCOUNT")
 }

@@ -47,11 +47,11 @@ use aws_sdk_dynamodb::types::AttributeValue;
 
 use self::item::{
     Expr, Item, Judge, Op, account_key, account_pk, get_n, get_s, link_key, marker_key, n,
-    parked_key, s,
+    parked_key, s, stripe_setup_key,
 };
 use super::{
     AccountView, ApplyResult, BillingStore, EventRecord, InvoiceView, NO_ACCOUNT, PARKED_TTL_SECS,
-    ParkResult, ParkedEvent, StoreError, WriteMode,
+    ParkResult, ParkedEvent, StoreError, StripePrices, WriteMode,
 };
 use crate::billing::ordering::{SubscriptionVersion, judge, judge_subscription};
 use crate::billing::{Verdict, Write};
@@ -661,6 +661,20 @@ impl BillingStore for DynamoDbBillingStore {
                 StoreError::Retryable(anyhow::Error::new(e).context("linking a customer"))
             })?;
         Ok(())
+    }
+
+    async fn stripe_prices(&self) -> Result<Option<StripePrices>, StoreError> {
+        let Some(item) = self.get(stripe_setup_key()).await? else {
+            return Ok(None);
+        };
+        let prices = match item.get("prices") {
+            Some(AttributeValue::M(m)) => m
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_s().ok()?.clone())))
+                .collect(),
+            _ => StripePrices::new(),
+        };
+        Ok(Some(prices))
     }
 
     async fn invoices(&self, account: &AccountId) -> Result<Vec<InvoiceView>, StoreError> {
