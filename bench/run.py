@@ -318,9 +318,20 @@ def cold_start() -> None:
         })
         functions = {f.logical_id: f for f in tpl.functions()}
 
+        # The reconciler's daily run checks the catalog against Stripe (two reads): it reads a
+        # simulator set up as `make stripe-setup` leaves an account.
+        from stripe_sim import serve as serve_stripe, set_up as set_up_stripe
+        from with_aws import free_port as free
+
+        catalog_port = free()
+        _, catalog_server = serve_stripe(catalog_port, "http://127.0.0.1:9/unused", ["whsec_local"])
+        set_up_stripe(f"http://127.0.0.1:{catalog_port}", "http://127.0.0.1:9/unused")
+
         def env_of(name: str) -> dict:
             env = lambda_environment(functions[name], endpoint, endpoints.dynamodb)
             env.update(RUST_LOG="warn", LOG_FORMAT="json")
+            if name == "ReconcilerFunction":
+                env["STRIPE_API_BASE"] = f"http://127.0.0.1:{catalog_port}"
             return env
 
         processor_event = (ROOT / "events" / "processor.json").read_bytes()
@@ -337,7 +348,7 @@ def cold_start() -> None:
             # A stream batch naming an entry that is not (or no longer) in the table: nothing to send.
             ("notifier", "NotifierFunction", lambda: (ROOT / "events" / "notifier.json").read_bytes(),
              lambda r: r.get("batchItemFailures") == []),
-            # A daily run with nothing due: no Stripe call.
+            # A daily run with nothing due: no meter summary, only the catalog check's reads.
             ("reconciler", "ReconcilerFunction", lambda: (ROOT / "events" / "reconciler.json").read_bytes(),
              lambda r: r.get("checked") == 0),
             # A run with no open case: one query, no Stripe call.

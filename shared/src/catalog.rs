@@ -357,8 +357,16 @@ struct RawPrice {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTier {
-    up_to: toml::Value,
+    up_to: RawUpTo,
     unit_amount_decimal: String,
+}
+
+/// A tier's end: a number of units, or "inf" for the last tier.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawUpTo {
+    Units(i64),
+    Word(String),
 }
 
 #[derive(Deserialize)]
@@ -459,8 +467,8 @@ impl RawPrice {
                 let mut out = Vec::with_capacity(tiers.len());
                 for (i, t) in tiers.iter().enumerate() {
                     let up_to = match &t.up_to {
-                        toml::Value::String(s) if s == "inf" && i + 1 == tiers.len() => None,
-                        toml::Value::Integer(n) if *n > 0 && i + 1 < tiers.len() => Some(*n as u64),
+                        RawUpTo::Word(s) if s == "inf" && i + 1 == tiers.len() => None,
+                        RawUpTo::Units(n) if *n > 0 && i + 1 < tiers.len() => Some(*n as u64),
                         _ => {
                             return Err(invalid(
                                 "each tier's `up_to` is a positive whole number, the last one \"inf\"",
