@@ -23,6 +23,7 @@ condition keys other than the ones named here (`ses:FromAddress`).
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import re
@@ -45,22 +46,18 @@ NO_VALUE = object()
 
 def managed_policy_document(arn: str) -> dict:
     """An AWS managed policy's document, from the copy moto keeps of IAM's published ones."""
-    from moto.iam.aws_managed_policies import aws_managed_policies_data
-
     name = arn.rsplit("/", 1)[-1]
-    policies = _managed_policies_data(aws_managed_policies_data)
+    policies = _managed_policies()
     if name not in policies:
         raise KeyError(f"managed policy {arn} is not known locally")
     return policies[name]["Document"]
 
 
-_MANAGED: dict = {}
+@functools.cache
+def _managed_policies() -> dict:
+    from moto.iam.aws_managed_policies import aws_managed_policies_data
 
-
-def _managed_policies_data(text: str) -> dict:
-    if not _MANAGED:
-        _MANAGED.update(json.loads(text))
-    return _MANAGED
+    return json.loads(aws_managed_policies_data)
 
 
 def transformed(doc: dict, parameters: dict[str, str]) -> dict:

@@ -312,7 +312,7 @@ class Stack:
         # stripe-setup`), which records the price ids in the table and gives the webhook
         # endpoint its signing secret; the stack then stores it, as the README's step does.
         webhook_url = f"http://127.0.0.1:{s.http_port}/webhooks/stripe"
-        self.stripe, stripe_server = stripe_sim.serve(s.stripe_port, webhook_url, s.webhook_secrets, {}, {})
+        self.stripe, stripe_server = stripe_sim.serve(s.stripe_port, webhook_url, s.webhook_secrets)
         self.servers.append(stripe_server)
         listed = stripe_sim.readme_permissions((ROOT / "README.md").read_text())
         self.stripe.restricted_keys = {key: listed.get(lid, set()) for lid, key in self.stripe_keys.items()}
@@ -383,7 +383,6 @@ class Stack:
             "STRIPE_WEBHOOK_SECRET": ",".join(s.webhook_secrets),
             # What `make stripe-setup` resolved in the simulator: the ids its account gave.
             "STRIPE_METER_ID": self.stripe_setup.ids["meter"],
-            "STRIPE_WEBHOOK_ENDPOINT_SECRET": self.stripe_setup.webhook_secret,
             **{f"STRIPE_PRICE_{k.upper()}": v for k, v in self.stripe_setup.ids["prices"].items()},
             **{f"QUEUE_URL_{to_env(k)}": v for k, v in queues.items()},
             **{f"TABLE_NAME_{to_env(k)}": v for k, v in tables.items()},

@@ -155,10 +155,11 @@ def parse_form(body: str) -> dict:
 
 
 class StripeSimulator(SetupResources):
-    def __init__(self, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict], meters: dict | None = None):
+    def __init__(self, webhook_url: str, signing_secrets: list[str]):
         self.webhook_url = webhook_url
         self.signing_secrets = signing_secrets
-        self.prices = prices  # price id -> {"kind": recurring|metered|one_time, "unit_amount": int}
+        # As a new account: empty until set up (`set_up`, `make stripe-setup`).
+        self.prices: dict[str, dict] = {}  # price id -> {"kind": recurring|metered|one_time, "unit_amount": int, ...}
         self.lock = threading.RLock()
         self.objects: dict[str, dict] = {}
         self.events: list[dict] = []
@@ -166,7 +167,7 @@ class StripeSimulator(SetupResources):
         self.idempotency_in_flight: set[str] = set()
         self.meter_events: dict[str, dict] = {}
         self.cards: dict[str, bool] = {}  # payment method id -> whether it is declined
-        self.meters = meters or {}
+        self.meters: dict[str, dict] = {}
         # Stripe takes one meter event at a time per customer and meter; a call that arrives
         # while another is being recorded is answered 429. `hold_ms` is how long recording takes.
         self.meter_in_flight: set[tuple[str, str]] = set()
@@ -1196,9 +1197,8 @@ def redacted(key: str) -> str:
     return prefix + "*" * max(0, len(key) - 12) + key[-4:]
 
 
-def serve(port: int, webhook_url: str, signing_secrets: list[str], prices: dict[str, dict] | None = None,
-          meters: dict | None = None) -> tuple[StripeSimulator, ThreadingHTTPServer]:
-    sim = StripeSimulator(webhook_url, signing_secrets, prices or {}, meters)
+def serve(port: int, webhook_url: str, signing_secrets: list[str]) -> tuple[StripeSimulator, ThreadingHTTPServer]:
+    sim = StripeSimulator(webhook_url, signing_secrets)
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(sim), bind_and_activate=False)
     server.request_queue_size = 1024  # accept bursts (Python's default backlog is 5)
     server.server_bind()

@@ -69,7 +69,7 @@ class SetupResources:
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", pid):
             raise ApiError(400, "Invalid id: use letters, digits, `_` and `-`.", param="id")
         if pid in self.products:
-            raise ApiError(400, f"Product already exists.", code="resource_already_exists", param="id")
+            raise ApiError(400, "Product already exists.", code="resource_already_exists", param="id")
         p = copy.deepcopy(FIXTURES["product"])
         p.update(id=pid, name=params["name"], description=params.get("description"), metadata=params.get("metadata", {}),
                  active=not (params.get("active") in (False, "false")), created=self.now(), updated=self.now(),

@@ -13,8 +13,6 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
-import iam
-
 from conftest import Endpoints, read_env
 from template import Template, load
 

@@ -2,7 +2,6 @@
 stack's (`StripeLivemode`): a live key in a test stack would charge real cards for test traffic,
 a test key in a live stack would bill no one. The message names both."""
 
-import json
 import os
 import tempfile
 from pathlib import Path

@@ -3,7 +3,6 @@ function calls Stripe with an `rk_test_` key holding exactly the permissions the
 it, and the simulator answers a call outside them with Stripe's 403 permission error."""
 
 import json
-import urllib.request
 import uuid
 
 from conftest import Stripe, free_port, http

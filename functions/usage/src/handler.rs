@@ -253,11 +253,10 @@ impl<S: UsageStore> UsageHandler<S> {
         now: i64,
         deadline: Instant,
     ) -> Result<Value, UsageError> {
-        let account = account.clone();
         match request {
             UsageRequest::Check { call, .. } => {
                 let units = self.units_of(call)?;
-                let state = self.store.load(&account).await?;
+                let state = self.store.load(account).await?;
                 let terms = self.terms(&state.terms);
                 let verdict = state.ledger.check(&terms, now, units);
                 let answer = json!({
@@ -266,14 +265,14 @@ impl<S: UsageStore> UsageHandler<S> {
                     "units": units,
                     "balance": balance_json(&state.ledger.balance(&terms, now)),
                 });
-                self.remember(&account, state);
+                self.remember(account, state);
                 Ok(answer)
             }
             UsageRequest::Balance { .. } => {
-                let state = self.store.load(&account).await?;
+                let state = self.store.load(account).await?;
                 let terms = self.terms(&state.terms);
                 let answer = balance_json(&state.ledger.balance(&terms, now));
-                self.remember(&account, state);
+                self.remember(account, state);
                 Ok(answer)
             }
             _ => {
@@ -283,12 +282,12 @@ impl<S: UsageStore> UsageHandler<S> {
                 };
                 let answer = {
                     let _mine = turn.lock().await;
-                    self.write(request, &account, now, deadline).await
+                    self.write(request, account, now, deadline).await
                 };
                 let mut turns = self.turns.lock().unwrap_or_else(|e| e.into_inner());
                 // Forget the account's turn once nobody else is waiting for it.
                 if Arc::strong_count(&turn) == 2 {
-                    turns.remove(&account);
+                    turns.remove(account);
                 }
                 answer
             }
